@@ -1,0 +1,55 @@
+"""objstore: a shelve-style persistent object store on LMDB.
+
+Values are pickled by objstore's `Pickler`/`Unpickler` and kept under ``str``
+keys in an LMDB environment, behind `Shelf`, a dict-like mapping that many
+threads and processes can use at once::
+
+    import objstore
+
+    with objstore.open("state") as db:
+        db["config"] = {"retries": 3}
+        with db.edit("seen", default=set()) as seen:
+            seen.add("alice")
+
+See ``docs/`` for the API, concurrency model, on-disk format and durability.
+"""
+
+from ._errors import (
+    ClosedError,
+    ConflictError,
+    CorruptError,
+    Error,
+    LockTimeoutError,
+    NotAStoreError,
+    ReadOnlyError,
+    StoreError,
+    StoreNotFoundError,
+    TransactionError,
+    UnsupportedFormatError,
+)
+from ._serialize import Pickler, Unpickler, dumps, loads
+from ._shelf import Shelf, Snapshot, Transaction, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClosedError",
+    "ConflictError",
+    "CorruptError",
+    "Error",
+    "LockTimeoutError",
+    "NotAStoreError",
+    "Pickler",
+    "ReadOnlyError",
+    "Shelf",
+    "Snapshot",
+    "StoreError",
+    "StoreNotFoundError",
+    "Transaction",
+    "TransactionError",
+    "Unpickler",
+    "UnsupportedFormatError",
+    "dumps",
+    "loads",
+    "open",
+]

@@ -1,0 +1,73 @@
+"""Command line: ``python -m objstore demo | info PATH | check PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from . import open as open_store
+
+
+def demo(path: str | None) -> int:
+    """Persist some application state, reopen the store and show what survived."""
+    directory = path or os.path.join(tempfile.mkdtemp(prefix="objstore-demo-"), "state")
+    print(f"objstore demo: store at {directory}")
+    with open_store(directory) as db:
+        runs = db.modify("runs", lambda n: n + 1, default=0)
+        db["config"] = {"retries": 3, "endpoints": ["alpha", "beta"]}
+        with db.edit("history", default=[]) as history:
+            history.append({"run": runs, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        with db.transaction() as txn:
+            for i in range(1000):
+                txn[f"item:{i:04d}"] = {"id": i, "square": i * i}
+        print(f"  wrote run {runs}, a config, a history entry and 1000 items in one transaction")
+    with open_store(directory, "r") as db:
+        print(f"  reopened read-only: {len(db)} keys")
+        print(f"  runs = {db['runs']}, config = {db['config']}")
+        print(f"  history = {db['history']}")
+        first, last = db.first("item:"), db.last("item:")
+        print(f"  first item {first}, last item {last}")
+        print(f"  items 0998 and later: {list(db.iterkeys('item:', start='item:0998'))}")
+    print("  run the demo again with the same path to see the state carried over:")
+    print(f"    python -m objstore demo {directory}")
+    return 0
+
+
+def info(path: str) -> int:
+    """Print what the store records about itself."""
+    with open_store(path, "r") as db:
+        print(json.dumps(db.info(), indent=2, sort_keys=True))
+    return 0
+
+
+def check(path: str) -> int:
+    """Verify every value record; exit 1 if any is damaged."""
+    with open_store(path, "r") as db:
+        damaged = db.verify()
+    for key in damaged:
+        print(f"damaged: {key!r}")
+    print(f"{len(damaged)} damaged record(s)")
+    return 1 if damaged else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m objstore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser("demo", help=demo.__doc__)
+    demo_parser.add_argument("path", nargs="?", help="store directory (default: a new temporary one)")
+    commands.add_parser("info", help=info.__doc__).add_argument("path")
+    commands.add_parser("check", help=check.__doc__).add_argument("path")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo(args.path)
+    if args.command == "info":
+        return info(args.path)
+    return check(args.path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

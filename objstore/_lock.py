@@ -1,0 +1,156 @@
+"""The file locks of a store: what LMDB's own locks do not cover.
+
+LMDB serialises writers and gives readers snapshots, across processes. Two
+things it does not do are done here, each with its own file inside the store
+directory (never LMDB's ``data.mdb`` or ``lock.mdb``: opening and closing those
+from a process that has the environment open drops LMDB's own locks):
+
+``objstore.lock``, the maintenance lock (a ``filelock.FileLock``)
+    Held for milliseconds around what must not interleave between processes:
+    creating and initialising a store, and growing its map. Exclusive; waits
+    up to the store's timeout.
+
+``objstore.openers``, the openers lock (``fcntl.flock``)
+    Held for as long as a process has the store open: shared by ordinary
+    openers, exclusive with ``lock="exclusive"``, so an exclusive opener is the
+    only process using the store. filelock has no shared mode, hence flock.
+    The lock is released by closing its descriptor, never by ``LOCK_UN``: a
+    forked child shares the descriptor's lock, and ``LOCK_UN`` from either
+    process would release it for both.
+
+Lock files are never deleted (waiters must share one inode). A store on a
+read-only filesystem can still be opened with flag ``"r"``; it then takes no
+locks, which is safe because nobody can write it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import filelock
+
+from ._errors import LockTimeoutError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MAINTENANCE_LOCK", "OPENERS_LOCK", "OpenersLock", "holders", "maintenance", "reset_after_fork"]
+
+MAINTENANCE_LOCK = "objstore.lock"
+OPENERS_LOCK = "objstore.openers"
+
+# Errors that mean "cannot create or open a lock file here", which for a
+# read-only open means "nobody can write this store": proceed without locks.
+UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+# One FileLock per lock file per process: two instances on one path block
+# each other even in one thread, and an instance inherited across fork refuses
+# to acquire, so the child starts a fresh table.
+_maintenance_locks: dict[str, filelock.FileLock] = {}
+_table_lock = threading.Lock()
+
+
+def reset_after_fork() -> None:
+    """Forget every lock instance inherited from the parent (run in a forked child)."""
+    global _table_lock
+    _maintenance_locks.clear()
+    _table_lock = threading.Lock()
+
+
+def holders(path: str) -> tuple[int, ...]:
+    """Return the ids of processes holding a lock on the file at `path`, where the platform tells."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return ()
+    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1311 0 EOF"; waiting locks carry "->".
+        if "->" in fields:
+            continue
+        if len(fields) >= 6 and fields[5] == wanted and fields[4].isdigit():
+            pids.append(int(fields[4]))
+    return tuple(sorted(set(pids)))
+
+
+def _timeout_error(what: str, path: str, timeout: float | None) -> LockTimeoutError:
+    pids = holders(path)
+    held_by = f"held by process {', '.join(map(str, pids))}" if pids else "holder unknown"
+    return LockTimeoutError(
+        f"timed out after {timeout} s waiting for the {what} lock {path!r} ({held_by}); "
+        "wait for that process to finish or pass a longer timeout=",
+        path,
+        pids,
+    )
+
+
+@contextmanager
+def maintenance(directory: str, timeout: float | None) -> Iterator[None]:
+    """Hold the maintenance lock of the store in `directory`."""
+    path = os.path.join(directory, MAINTENANCE_LOCK)
+    with _table_lock:
+        lock = _maintenance_locks.get(path)
+        if lock is None:
+            lock = _maintenance_locks[path] = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except filelock.Timeout:
+        raise _timeout_error("maintenance", path, timeout) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class OpenersLock:
+    """The lock a process holds on a store for as long as it has it open."""
+
+    __slots__ = ("exclusive", "fd", "path")
+
+    def __init__(self, directory: str, exclusive: bool, timeout: float | None) -> None:
+        self.path = os.path.join(directory, OPENERS_LOCK)
+        self.exclusive = exclusive
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            self._acquire(timeout)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _acquire(self, timeout: float | None) -> None:
+        if fcntl is None:  # pragma: no cover - Windows
+            if self.exclusive:
+                raise NotImplementedError("lock='exclusive' needs fcntl.flock (POSIX)")
+            return
+        mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(self.fd, mode)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            if deadline is not None and time.monotonic() >= deadline:
+                what = "openers" if self.exclusive else "openers (held exclusively by another process)"
+                raise _timeout_error(what, self.path, timeout)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def close(self) -> None:
+        """Release the lock by closing its descriptor (see the module docstring)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)

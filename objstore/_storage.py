@@ -1,0 +1,1242 @@
+"""LMDB storage: the only module that imports ``lmdb``.
+
+Bytes in, bytes out. This module owns opening and creating stores (flags, what
+is at the path, the metadata record, damage checks), the per-process registry
+of environments, transactions, fork handling, map growth and the translation
+of every ``lmdb`` exception into an objstore one.
+
+It must never:
+
+- see an unpickled object (keys arrive encoded, values are opaque records);
+- call anything on an LMDB object inherited across ``fork()``: in a child,
+  ``close()`` or ``abort()`` on the parent's handles silently corrupts the
+  parent's open snapshot, so the child drops them unclosed and reopens;
+- hold a read transaction while caller code runs (except inside a snapshot
+  the caller opened): every single operation and every iteration batch uses
+  its own short transaction and copies the bytes out;
+- open a second environment on a path this process already has open (py-lmdb
+  refuses), delete or recreate a store's files, or touch ``lock.mdb``;
+- let an ``lmdb`` exception escape.
+
+On disk a store is a directory::
+
+    data.mdb          LMDB data file: named databases "meta" and "data"
+    lock.mdb          LMDB reader table and writer mutex
+    objstore.lock     maintenance lock (create, initialise, grow)
+    objstore.openers  lock held by every process that has the store open
+
+Concurrency model, in short: LMDB gives many concurrent readers and one
+writer at a time across processes. Within a process, a write transaction
+belongs to its thread; operations a thread makes while it holds one join it.
+Growing the map needs no open transaction in the process, so long-lived
+transactions (snapshots, user transactions) register themselves and a grower
+waits for them; single operations are short and simply retried.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import json
+import os
+import stat
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import lmdb
+
+from . import _lock
+from ._errors import (
+    ClosedError,
+    ConflictError,
+    CorruptError,
+    NotAStoreError,
+    ReadOnlyError,
+    StoreError,
+    StoreNotFoundError,
+    TransactionError,
+    UnsupportedFormatError,
+)
+
+__all__ = [
+    "DURABILITY",
+    "MAX_KEY_SIZE",
+    "Options",
+    "ReadTxn",
+    "Store",
+    "Storage",
+    "WriteTxn",
+    "open_store",
+]
+
+T = TypeVar("T")
+
+FORMAT_VERSION = 1
+MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
+META_DB = b"meta"
+DATA_DB = b"data"
+META_KEY = b"objstore"
+MAX_DBS = 4  # room for later named databases; every opener must pass the same
+MAX_READERS = 1024
+DEFAULT_MAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 1 << 26
+MAX_MAP_SIZE = 1 << 46 if sys.maxsize > 2**32 else 3 << 29
+BATCH_ITEMS = 1024
+BATCH_BYTES = 4 << 20
+_ATTEMPTS = 64  # retries of one operation through growth, resizes and reader cleanup
+
+# LMDB flags of each durability level; see docs/durability.md.
+DURABILITY = {
+    "full": {"sync": True, "metasync": True},
+    "normal": {"sync": True, "metasync": False},
+    "off": {"sync": False, "metasync": False},
+}
+_OWN_FILES = frozenset({"data.mdb", "lock.mdb", _lock.MAINTENANCE_LOCK, _lock.OPENERS_LOCK})
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a store is opened; every shelf of one path in one process must agree on `durability`."""
+
+    durability: str = "full"
+    map_size: int = DEFAULT_MAP_SIZE
+    exclusive: bool = False
+    timeout: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {self.durability!r}")
+        if not isinstance(self.map_size, int) or not 4096 <= self.map_size <= MAX_MAP_SIZE:
+            raise ValueError(f"map_size must be an int from 4096 to {MAX_MAP_SIZE}, not {self.map_size!r}")
+        if self.timeout is not None and not self.timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0, not {self.timeout!r}")
+
+
+class Storage(Protocol):
+    """What a shelf needs from a storage backend: bytes keys to bytes records.
+
+    Every read method also exists on the transactions `read()` and `write()`
+    yield, and every write method on the transactions `write()` yields, so a
+    mapping can be built over any of the three.
+    """
+
+    path: str
+    readonly: bool
+    settings: dict[str, Any]
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def contains(self, key: bytes) -> bool: ...
+    def count(self) -> int: ...
+    def batch(
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        after: bytes | None,
+        limit: int = ...,
+    ) -> list[tuple[bytes, bytes | None]]: ...
+    def put(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> bool: ...
+    def put_new(self, key: bytes, value: bytes) -> bytes | None: ...
+    def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None: ...
+    def clear(self) -> None: ...
+    def read(self) -> ReadTxn: ...
+    def write(self) -> AbstractContextManager[WriteTxn]: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+# ---------------------------------------------------------------- primitives
+# Operations on an open lmdb transaction, shared by single operations (each
+# in its own transaction) and by explicit transactions.
+
+
+def _contains(txn: lmdb.Transaction, db: Any, key: bytes) -> bool:
+    # A cursor lookup copies nothing, unlike get(), which matters for large values.
+    return bool(txn.cursor(db).set_key(key))
+
+
+def _batch(
+    txn: lmdb.Transaction,
+    db: Any,
+    lo: bytes | None,
+    hi: bytes | None,
+    reverse: bool,
+    values: bool,
+    after: bytes | None,
+    limit: int,
+) -> list[tuple[bytes, bytes | None]]:
+    """Up to `limit` items (and about BATCH_BYTES of values) of [lo, hi), after `after`."""
+    cursor = txn.cursor(db)
+    out: list[tuple[bytes, bytes | None]] = []
+    append = out.append
+    size = 0
+    if not reverse:
+        start = after if after is not None else lo
+        positioned = cursor.first() if start is None else cursor.set_range(start)
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        if not positioned:
+            return out
+        for key, value in cursor.iternext(keys=True, values=True):
+            if hi is not None and key >= hi:
+                break
+            if values:
+                append((key, value))
+                size += len(value)
+                if size >= BATCH_BYTES:
+                    break
+            else:
+                append((key, None))
+            if len(out) >= limit:
+                break
+    else:
+        bound = after if after is not None else hi
+        if bound is None:
+            positioned = cursor.last()
+        else:
+            # The last key strictly below `bound`.
+            positioned = cursor.prev() if cursor.set_range(bound) else cursor.last()
+        if not positioned:
+            return out
+        for key, value in cursor.iterprev(keys=True, values=True):
+            if lo is not None and key < lo:
+                break
+            if values:
+                append((key, value))
+                size += len(value)
+                if size >= BATCH_BYTES:
+                    break
+            else:
+                append((key, None))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _put_new(txn: lmdb.Transaction, db: Any, key: bytes, value: bytes) -> bytes | None:
+    existing = txn.get(key, db=db)
+    if existing is None:
+        txn.put(key, value, db=db)
+    return existing
+
+
+# ------------------------------------------------------------ error mapping
+
+
+def translate(exc: BaseException, path: str, action: str) -> BaseException:
+    """Return the objstore exception for an ``lmdb`` exception raised while doing `action`."""
+    if isinstance(exc, lmdb.ReadonlyError):
+        return ReadOnlyError(
+            f"cannot {action}: the store {path!r} is not writable by this process ({exc}); "
+            "check its permissions or open it with flag 'r'"
+        )
+    if isinstance(exc, lmdb.BadValsizeError):
+        return ValueError(f"cannot {action}: key or value size is outside LMDB's limits ({exc})")
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.InvalidError)):
+        return CorruptError(
+            f"cannot {action}: the data file of {path!r} is damaged ({exc}); restore it from a backup"
+        )
+    if isinstance(exc, lmdb.VersionMismatchError):
+        return UnsupportedFormatError(f"cannot {action}: {path!r} was written by another LMDB version ({exc})")
+    if isinstance(exc, lmdb.LockError):
+        return StoreError(
+            f"cannot {action}: LMDB's lock file of {path!r} cannot be used ({exc}); this happens on "
+            "network filesystems and between containers that do not share a PID namespace"
+        )
+    if isinstance(exc, lmdb.DiskError) or "Input/output error" in str(exc) or "No space" in str(exc):
+        return StoreError(
+            f"cannot {action}: writing {path!r} failed ({exc}); the disk may be full. Nothing of the "
+            "failed transaction was stored"
+        )
+    return StoreError(f"cannot {action} on {path!r}: {exc}")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is what a concurrent map resize in this process does to a transaction."""
+    if isinstance(exc, lmdb.InvalidParameterError):
+        return True
+    return isinstance(exc, lmdb.Error) and "closed/deleted/dropped" in str(exc)
+
+
+# ------------------------------------------------------------- environment
+
+_registry: dict[str, _Environment] = {}
+_registry_lock = threading.Lock()
+
+
+class _Environment:
+    """The one LMDB environment of a path in this process, shared by every store handle on it."""
+
+    def __init__(self, path: str, options: Options, writable: bool) -> None:
+        self.path = path
+        self.options = options
+        self.writable = writable
+        self.pid = os.getpid()
+        self.lmdb_env: lmdb.Environment | None = None
+        self.data: Any = None
+        self.meta: Any = None
+        self.settings: dict[str, Any] = {}
+        self.handles = 0
+        self.closed = False
+        self.openers: _lock.OpenersLock | None = None
+        # The innermost open write transaction of this process and its thread.
+        self.writer: WriteTxn | None = None
+        self.writer_thread = 0
+        self._resize_lock = threading.Lock()
+        self._guard = threading.Condition()
+        self._resizing = False
+        # Weak, so a snapshot the caller forgot to close still frees its reader slot.
+        self._long_lived: weakref.WeakSet[ReadTxn] = weakref.WeakSet()
+
+    # -- opening
+
+    def open_lmdb(self, create: bool) -> None:
+        """Open the LMDB environment (creating the data file if `create`) and check it."""
+        flags = DURABILITY[self.options.durability]
+        kwargs: dict[str, Any] = {
+            "subdir": True,
+            "readonly": not self.writable,
+            "create": create,
+            "max_dbs": MAX_DBS,
+            "max_readers": MAX_READERS,
+            "max_spare_txns": 0,
+            "lock": True,
+            "writemap": False,
+            "map_async": False,
+            # Adopt the stored map size of an existing store: a smaller value
+            # would silently shrink the map to the used size.
+            "map_size": self.options.map_size if create else 0,
+            **flags,
+        }
+        if create:
+            # Never let LMDB_DEFAULT_LIB_VERSION create a format older readers cannot open.
+            kwargs["lib_version"] = 0
+        try:
+            env = lmdb.open(self.path, **kwargs)
+        except lmdb.Error as exc:
+            raise translate(exc, self.path, "open the store") from exc
+        try:
+            _check_size(env, self.path)
+            env.reader_check()
+            if self.writable and env.info()["map_size"] < self.options.map_size:
+                env.set_mapsize(self.options.map_size)
+        except lmdb.Error as exc:
+            env.close()
+            raise translate(exc, self.path, "open the store") from exc
+        except BaseException:
+            env.close()
+            raise
+        self.lmdb_env = env
+        self.pid = os.getpid()
+
+    def open_databases(self, flag: str, settings: dict[str, Any]) -> None:
+        """Open the named databases, initialising a new store; empty it in place for flag 'n'."""
+        env = self.lmdb_env
+        assert env is not None
+        try:
+            if not self.writable:
+                try:
+                    self.meta = env.open_db(META_DB, create=False)
+                    self.data = env.open_db(DATA_DB, create=False)
+                except lmdb.NotFoundError:
+                    raise _uninitialised(self.path) from None
+                with env.begin() as txn:
+                    self.settings = _read_meta(txn.get(META_KEY, db=self.meta), self.path)
+                return
+            # Named-database handles only outlive their transaction when it is a
+            # committed write transaction.
+            with env.begin(write=True) as txn:
+                try:
+                    self.meta = env.open_db(META_DB, txn=txn, create=False)
+                    raw = txn.get(META_KEY, db=self.meta)
+                except lmdb.NotFoundError:
+                    raw = None
+                if raw is None:
+                    if flag == "r":
+                        raise _uninitialised(self.path)
+                    _check_empty_main(txn, self.path)
+                    self.meta = env.open_db(META_DB, txn=txn, create=True)
+                    raw = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True).encode()
+                    txn.put(META_KEY, raw, db=self.meta)
+                self.settings = _read_meta(raw, self.path)
+                self.data = env.open_db(DATA_DB, txn=txn, create=True)
+                if flag == "n":
+                    txn.drop(self.data, delete=False)
+        except lmdb.Error as exc:
+            raise translate(exc, self.path, "open the store") from exc
+
+    # -- fork
+
+    def forget(self) -> None:
+        """Drop every LMDB object inherited from the parent, without calling it (fork child)."""
+        self.lmdb_env = self.data = self.meta = None
+        self.writer = None
+        self.writer_thread = 0
+        self._resize_lock = threading.Lock()
+        self._guard = threading.Condition()
+        self._resizing = False
+        for txn in self._long_lived:
+            txn.forget()
+        self._long_lived = weakref.WeakSet()
+
+    def reopen(self) -> None:
+        """Reopen after fork, in the child, on first use."""
+        with _registry_lock:
+            if self.lmdb_env is not None and self.pid == os.getpid():
+                return
+            if self.closed:
+                raise ClosedError("the store was closed")
+            gc.collect()
+            try:
+                self.open_lmdb(create=False)
+            except StoreError as exc:
+                if "already open" in str(exc):
+                    raise TransactionError(
+                        f"cannot reopen {self.path!r} in this forked process: an LMDB object of the "
+                        "parent is still alive here. Close snapshots, transactions and iterators "
+                        "before forking, or use the 'spawn' or 'forkserver' start method"
+                    ) from exc
+                raise
+            self.open_databases("w" if self.writable else "r", {})
+
+    # -- recovery, shared by every operation
+
+    def recover(self, exc: BaseException, attempt: int, action: str) -> None:
+        """Make another attempt possible after `exc`, or raise what the caller should see."""
+        if self.closed:
+            raise ClosedError(f"cannot {action}: the shelf is closed") from None
+        if self.lmdb_env is None or self.pid != os.getpid():
+            self.reopen()
+            return
+        if not isinstance(exc, lmdb.Error):
+            raise exc
+        if attempt >= _ATTEMPTS:
+            raise translate(exc, self.path, action) from exc
+        if isinstance(exc, lmdb.MapResizedError):
+            self.resize(0)
+        elif isinstance(exc, lmdb.MapFullError):
+            self.grow()
+        elif isinstance(exc, lmdb.ReadersFullError) and attempt < 2:
+            self.lmdb_env.reader_check()
+        elif _is_transient(exc):
+            time.sleep(0.0005 * attempt)
+        else:
+            raise translate(exc, self.path, action) from exc
+
+    def run(self, fn: Callable[[lmdb.Transaction], T], write: bool, action: str) -> T:
+        """Run `fn` in a fresh transaction, retrying through growth, resizes and reopening."""
+        for attempt in range(_ATTEMPTS + 1):
+            try:
+                with self.lmdb_env.begin(write=write, db=self.data) as txn:  # type: ignore[union-attr]
+                    return fn(txn)
+            except Exception as exc:
+                self.recover(exc, attempt, action)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- map growth
+
+    def used_bytes(self) -> int:
+        env = self.lmdb_env
+        assert env is not None
+        return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+
+    def ensure_headroom(self) -> None:
+        """Grow before a transaction that cannot simply be rerun, while growing is cheap."""
+        env = self.lmdb_env
+        if env is not None and self.writable and self.used_bytes() * 2 > env.info()["map_size"]:
+            self.grow()
+
+    def grow(self) -> None:
+        """Double the map (at least), coordinated with other processes by the maintenance lock."""
+        env = self.lmdb_env
+        assert env is not None
+        seen = env.info()["map_size"]
+        with self._resize_lock:
+            if env.info()["map_size"] > seen:
+                return  # another thread of this process grew it meanwhile
+            with _lock.maintenance(self.path, self.options.timeout):
+                target = max(2 * seen, 2 * self.used_bytes())
+                if target > MAX_MAP_SIZE:
+                    raise StoreError(
+                        f"the store {self.path!r} cannot grow beyond {MAX_MAP_SIZE} bytes of map"
+                    )
+                self._set_mapsize(target)
+
+    def resize(self, size: int) -> None:
+        """Adopt a map size another process set (size 0), waiting for this process's transactions."""
+        with self._resize_lock:
+            self._set_mapsize(size)
+
+    def _set_mapsize(self, size: int) -> None:
+        env = self.lmdb_env
+        assert env is not None
+        me = threading.get_ident()
+        deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
+        with self._guard:
+            self._resizing = True
+            try:
+                while True:
+                    others = [t for t in self._long_lived if t.thread != me]
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if others and (left is None or left > 0):
+                        self._guard.wait(left if left is None else min(left, 0.05))
+                        continue
+                    try:
+                        env.set_mapsize(size)
+                    except lmdb.Error:
+                        # A short write transaction of another thread is running.
+                        if left is not None and left <= 0:
+                            raise StoreError(
+                                f"cannot grow the store {self.path!r}: a write transaction of another "
+                                f"thread stayed open longer than the timeout ({self.options.timeout} s)"
+                            ) from None
+                        self._guard.wait(0.001)
+                        continue
+                    # Whatever is still registered was invalidated by set_mapsize.
+                    for txn in self._long_lived:
+                        txn.expired = True
+                    return
+            finally:
+                self._resizing = False
+                self._guard.notify_all()
+
+    def register(self, txn: ReadTxn) -> None:
+        with self._guard:
+            while self._resizing:
+                self._guard.wait()
+            self._long_lived.add(txn)
+
+    def unregister(self, txn: ReadTxn) -> None:
+        with self._guard:
+            self._long_lived.discard(txn)
+            self._guard.notify_all()
+
+    # -- closing
+
+    def release(self) -> None:
+        """Drop one handle; close the environment with the last one."""
+        with _registry_lock:
+            self.handles -= 1
+            if self.handles > 0:
+                return
+            self.closed = True
+            if _registry.get(self.path) is self:
+                del _registry[self.path]
+            env, self.lmdb_env = self.lmdb_env, None
+            self.data = self.meta = None
+            try:
+                if env is not None and self.pid == os.getpid():
+                    try:
+                        if self.writable and self.options.durability != "full":
+                            env.sync(True)
+                    finally:
+                        env.close()
+            finally:
+                if self.openers is not None:
+                    self.openers.close()
+
+
+def _check_size(env: lmdb.Environment, path: str) -> None:
+    # A truncated data file opens fine and then crashes the process on read.
+    expected = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(os.path.join(path, "data.mdb"))
+    if actual < expected:
+        raise CorruptError(
+            f"the data file of {path!r} is truncated: it holds {actual} bytes but its last page "
+            f"ends at byte {expected}; restore the store from a backup"
+        )
+
+
+def _uninitialised(path: str) -> StoreError:
+    return StoreNotFoundError(
+        errno.ENOENT,
+        "the store was never initialised (its creation was interrupted); open it with flag 'c' "
+        "to finish creating it",
+        path,
+    )
+
+
+def _check_empty_main(txn: lmdb.Transaction, path: str) -> None:
+    names = {key for key, _ in txn.cursor()}
+    if names - {META_DB, DATA_DB}:
+        raise NotAStoreError(
+            f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
+        )
+
+
+def _read_meta(raw: bytes | None, path: str) -> dict[str, Any]:
+    if raw is None:
+        raise _uninitialised(path)
+    try:
+        meta = json.loads(raw)
+        version = meta["format"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptError(f"the metadata record of {path!r} is damaged; restore it from a backup") from None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UnsupportedFormatError(
+            f"{path!r} uses store format {version!r}, newer than this objstore understands "
+            f"({FORMAT_VERSION}); upgrade objstore to open it"
+        )
+    return meta
+
+
+def _classify(path: str, flag: str) -> bool:
+    """Return whether a store (a data file) exists at `path`; refuse what is not a store."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if flag in "rw":
+            raise StoreNotFoundError(
+                errno.ENOENT, "no objstore store here; open it with flag 'c' to create one", path
+            ) from None
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotAStoreError(
+            f"{path!r} is a file, not an objstore store (a store is a directory); "
+            "pass the path of a store directory or of one to create"
+        )
+    names = set(os.listdir(path))
+    if "data.mdb" in names and os.path.getsize(os.path.join(path, "data.mdb")) > 0:
+        if _lock.OPENERS_LOCK not in names:
+            _peek(path, "lock.mdb" in names)
+        return True
+    if flag in "rw":
+        raise StoreNotFoundError(
+            errno.ENOENT, "no objstore store in this directory; open it with flag 'c' to create one", path
+        )
+    if names - _OWN_FILES:  # an empty data.mdb is a creation interrupted before LMDB wrote it
+        raise NotAStoreError(
+            f"{path!r} is a directory holding other files and no objstore store; "
+            "refusing to create a store in it"
+        )
+    return False
+
+
+def _peek(path: str, lock: bool) -> None:
+    """Check, writing nothing, that a data file no objstore process has opened belongs to a store."""
+    try:
+        env = lmdb.open(path, readonly=True, lock=lock, create=False, max_dbs=MAX_DBS, map_size=0)
+    except lmdb.Error as exc:
+        if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError)):
+            raise NotAStoreError(f"{path!r} holds a data.mdb that is not an LMDB file ({exc})") from exc
+        raise translate(exc, path, "open the store") from exc
+    try:
+        _check_size(env, path)
+        with env.begin() as txn:
+            names = {key for key, _ in txn.cursor()}
+        if names - {META_DB, DATA_DB}:
+            raise NotAStoreError(
+                f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
+            )
+        if META_DB in names:
+            meta = env.open_db(META_DB, create=False)
+            with env.begin() as txn:
+                _read_meta(txn.get(META_KEY, db=meta), path)
+    except lmdb.Error as exc:
+        raise translate(exc, path, "open the store") from exc
+    finally:
+        env.close()
+
+
+def _open_environment(path: str, flag: str, options: Options, settings: dict[str, Any]) -> _Environment:
+    exists = _classify(path, flag)
+    if not exists:
+        os.makedirs(path, exist_ok=True)
+    environment = _Environment(path, options, writable=flag != "r")
+    try:
+        environment.openers = _lock.OpenersLock(path, options.exclusive, options.timeout)
+    except StoreError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _lock.UNWRITABLE:
+            raise
+        if flag != "r" or options.exclusive:
+            raise ReadOnlyError(
+                f"cannot open {path!r} for writing: its lock file cannot be created ({exc}); "
+                "check the permissions, or open it with flag 'r'"
+            ) from exc
+    try:
+        if exists:
+            environment.open_lmdb(create=False)
+        else:
+            # Serialise creation so a racing opener never sees a half-made store.
+            with _lock.maintenance(path, options.timeout):
+                data_file = os.path.join(path, "data.mdb")
+                created_meanwhile = os.path.exists(data_file) and os.path.getsize(data_file) > 0
+                environment.open_lmdb(create=not created_meanwhile)
+                environment.open_databases(flag, settings)
+                return environment
+        environment.open_databases(flag, settings)
+        if flag != "r" and "format" not in environment.settings:  # pragma: no cover - defensive
+            raise NotAStoreError(f"{path!r} is not an objstore store")
+        return environment
+    except BaseException:
+        if environment.lmdb_env is not None:
+            environment.lmdb_env.close()
+        if environment.openers is not None:
+            environment.openers.close()
+        raise
+
+
+def open_store(path: str, flag: str, options: Options, settings: dict[str, Any]) -> Store:
+    """Open (or create) the store at `path` and return a new handle on it.
+
+    `settings` are recorded in the metadata of a newly created store; the
+    settings of an existing store are in the handle's ``settings``.
+    """
+    if flag not in ("r", "w", "c", "n"):
+        raise ValueError(f"flag must be one of 'r', 'w', 'c' or 'n', not {flag!r}")
+    real = os.path.realpath(path)
+    with _registry_lock:
+        environment = _registry.get(real)
+        if environment is not None and environment.pid != os.getpid():
+            environment = None  # pragma: no cover - the fork hook resets the registry
+        if environment is None:
+            environment = _open_environment(real, flag, options, settings)
+            _registry[real] = environment
+        else:
+            _check_compatible(environment, flag, options)
+            if flag == "n":
+                environment.run(lambda txn: txn.drop(environment.data, delete=False), True, "empty the store")
+        environment.handles += 1
+    return Store(environment, readonly=flag == "r")
+
+
+def _check_compatible(environment: _Environment, flag: str, options: Options) -> None:
+    current = environment.options
+    if flag != "r" and not environment.writable:
+        raise ReadOnlyError(
+            f"{environment.path!r} is already open read-only (flag 'r') in this process; close those "
+            "shelves before opening it for writing"
+        )
+    if options.durability != current.durability:
+        raise ValueError(
+            f"{environment.path!r} is already open in this process with durability="
+            f"{current.durability!r}; every shelf of a store in one process shares its durability"
+        )
+    if options.exclusive and not current.exclusive:
+        raise ValueError(
+            f"{environment.path!r} is already open in this process without lock='exclusive'; "
+            "close those shelves before opening it exclusively"
+        )
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for environment in _registry.values():
+        environment.forget()
+    _lock.reset_after_fork()
+    gc.collect()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------ transactions
+
+
+class ReadTxn:
+    """A read transaction held open by the caller: one consistent snapshot of the store."""
+
+    readonly = True
+
+    def __init__(self, environment: _Environment) -> None:
+        self._environment = environment
+        self.path = environment.path
+        self.thread = threading.get_ident()
+        self.pid = os.getpid()
+        self.expired = False
+        self._txn: lmdb.Transaction | None = None
+        self._db = environment.data
+
+    def _begin(self) -> None:
+        env = self._environment
+        for attempt in range(_ATTEMPTS + 1):
+            env.register(self)
+            try:
+                self._txn = env.lmdb_env.begin(db=env.data)  # type: ignore[union-attr]
+                self._db = env.data
+                return
+            except Exception as exc:
+                env.unregister(self)
+                env.recover(exc, attempt, "open a snapshot")
+
+    def forget(self) -> None:
+        self._txn = None
+
+    def end(self) -> None:
+        """End the transaction; the mapping over it is closed from now on."""
+        txn, self._txn = self._txn, None
+        env = self._environment
+        if txn is not None and self.pid == os.getpid():
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass  # already invalidated by a resize
+        env.unregister(self)
+
+    def _live(self) -> lmdb.Transaction:
+        txn = self._txn
+        if txn is None:
+            if self.pid != os.getpid():
+                raise TransactionError("this transaction was opened in the parent process before fork()")
+            raise ClosedError("the transaction or snapshot is closed")
+        if self.expired:
+            raise TransactionError(
+                "this snapshot ended because this thread had to grow the store while it was open; "
+                "open a new snapshot"
+            )
+        return txn
+
+    def _call(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+        txn = self._live()
+        try:
+            return fn(txn)
+        except lmdb.Error as exc:
+            if self.expired or _is_transient(exc):
+                self.expired = True
+                self._live()  # raises the TransactionError that explains it
+            raise translate(exc, self._environment.path, action) from exc
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._call(lambda txn: txn.get(key, db=self._db), "read")
+
+    def contains(self, key: bytes) -> bool:
+        return self._call(lambda txn: _contains(txn, self._db, key), "read")
+
+    def count(self) -> int:
+        return self._call(lambda txn: txn.stat(self._db)["entries"], "count keys")
+
+    def batch(
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        after: bytes | None,
+        limit: int = BATCH_ITEMS,
+    ) -> list[tuple[bytes, bytes | None]]:
+        return self._call(lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate")
+
+
+class WriteTxn(ReadTxn):
+    """A write transaction of one thread; nested ones are savepoints inside their parent.
+
+    Every change is also kept in a log, so that when the map fills up the
+    transaction can be rolled back, the map grown and the changes replayed,
+    all without the caller noticing. `blind` transactions (whose writes do not
+    depend on what they read) may always be replayed; others only if no other
+    process committed in between, else `ConflictError`.
+    """
+
+    readonly = False
+
+    def __init__(self, environment: _Environment, parent: WriteTxn | None, blind: bool) -> None:
+        super().__init__(environment)
+        self.parent = parent
+        self.blind = blind
+        self._log: list[tuple[bytes | None, bytes | None]] = []
+        self._id = 0
+        self._done = False
+
+    # -- lifecycle
+
+    def _begin(self) -> None:
+        env = self._environment
+        if self.parent is None:
+            env.ensure_headroom()
+            for attempt in range(_ATTEMPTS + 1):
+                env.register(self)
+                try:
+                    self._txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+                    break
+                except Exception as exc:
+                    env.unregister(self)
+                    env.recover(exc, attempt, "begin a transaction")
+            self._id = self._txn.id()  # type: ignore[union-attr]
+        else:
+            self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
+        self._db = env.data
+        env.writer = self
+        env.writer_thread = self.thread
+
+    def commit(self) -> None:
+        self._check_thread()
+        txn = self._live()
+        env = self._environment
+        for attempt in range(_ATTEMPTS + 1):
+            try:
+                txn.commit()
+                break
+            except lmdb.MapFullError as exc:
+                # LMDB can need pages at commit time too; the commit aborted the transaction.
+                if attempt >= _ATTEMPTS:
+                    self._finish()
+                    raise translate(exc, env.path, "commit the transaction") from exc
+                txn = self._replay()
+            except lmdb.Error as exc:
+                self._finish()
+                raise translate(exc, env.path, "commit the transaction") from exc
+        if self.parent is not None:
+            self.parent._log.extend(self._log)
+        self._finish()
+
+    def abort(self) -> None:
+        txn = self._txn
+        if txn is not None and self.pid == os.getpid():
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        env = self._environment
+        self._txn = None
+        self._log = []
+        if self.parent is None:
+            env.writer = None
+            env.writer_thread = 0
+            env.unregister(self)
+        else:
+            env.writer = self.parent
+
+    def end(self) -> None:
+        self.abort()
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self.thread:
+            raise TransactionError(
+                "a transaction can only be used by the thread that opened it (LMDB write "
+                "transactions belong to their thread)"
+            )
+
+    # -- map growth
+
+    def _stack(self) -> list[WriteTxn]:
+        stack = [self]
+        while stack[-1].parent is not None:
+            stack.append(stack[-1].parent)  # type: ignore[arg-type]
+        return stack[::-1]
+
+    def _replay(self) -> lmdb.Transaction:
+        """Roll back, grow the map, begin again and replay every level's log; return our txn."""
+        env = self._environment
+        stack = self._stack()
+        root = stack[0]
+        if root._txn is not None:
+            try:
+                root._txn.abort()
+            except lmdb.Error:
+                pass  # a failed commit already ended it
+        for level in stack:
+            level._txn = None
+        env.writer = None
+        env.unregister(root)
+        try:
+            env.grow()
+        except BaseException:
+            for level in stack:
+                level._finish()
+            raise
+        old_id = root._id
+        root._txn = None
+        root._begin()
+        if root._id != old_id and not root.blind:
+            for level in reversed(stack):
+                level.abort()
+            raise ConflictError(
+                "the transaction ran out of map space and another process committed while the store "
+                "was grown; it was rolled back: run it again"
+            )
+        for level in stack:
+            if level is not root:
+                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, db=env.data)  # type: ignore[union-attr]
+            txn = level._txn
+            assert txn is not None
+            for key, value in level._log:
+                if key is None:
+                    txn.drop(env.data, delete=False)
+                elif value is None:
+                    txn.delete(key)
+                else:
+                    txn.put(key, value)
+        env.writer = self
+        return self._txn  # type: ignore[return-value]
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+        self._check_thread()
+        txn = self._live()
+        for attempt in range(_ATTEMPTS + 1):
+            try:
+                return fn(txn)
+            except lmdb.MapFullError as exc:
+                if attempt >= _ATTEMPTS:
+                    raise translate(exc, self._environment.path, action) from exc
+                txn = self._replay()
+            except lmdb.Error as exc:
+                raise translate(exc, self._environment.path, action) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- reads see this transaction's own writes
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check_thread()
+        return super().get(key)
+
+    # -- writes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._write(lambda txn: txn.put(key, value), "store a value")
+        self._log.append((key, value))
+
+    def delete(self, key: bytes) -> bool:
+        deleted = self._write(lambda txn: txn.delete(key), "delete a key")
+        if deleted:
+            self._log.append((key, None))
+        return bool(deleted)
+
+    def put_new(self, key: bytes, value: bytes) -> bytes | None:
+        existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
+        if existing is None:
+            self._log.append((key, value))
+        return existing
+
+    def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        self._check_thread()
+        txn = self._live()
+        log = self._log
+        for key, value in pairs:
+            try:
+                txn.put(key, value)
+            except lmdb.MapFullError:
+                txn = self._replay()
+                txn.put(key, value)
+            except lmdb.Error as exc:
+                raise translate(exc, self._environment.path, "store values") from exc
+            log.append((key, value))
+
+    def clear(self) -> None:
+        self._write(lambda txn: txn.drop(self._db, delete=False), "empty the store")
+        self._log.append((None, None))
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a savepoint inside this transaction."""
+        self._check_thread()
+        self._live()
+        return _transaction(self._environment, self, blind=False)
+
+
+@contextmanager
+def _transaction(environment: _Environment, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
+    """Commit on normal exit, roll back (and re-raise) on an exception."""
+    txn = WriteTxn(environment, parent, blind)
+    txn._begin()
+    try:
+        yield txn
+    except BaseException:
+        txn.abort()
+        raise
+    txn.commit()
+
+
+# ------------------------------------------------------------------ handle
+
+
+class Store:
+    """A handle on a store: one per shelf, sharing its path's environment.
+
+    Each operation runs in its own short transaction, or joins the write
+    transaction this thread holds on the store.
+    """
+
+    __slots__ = ("_environment", "path", "readonly", "settings")
+
+    def __init__(self, environment: _Environment, readonly: bool) -> None:
+        self._environment = environment
+        self.path = environment.path
+        self.readonly = readonly
+        self.settings = environment.settings
+
+    def _joined(self) -> WriteTxn | None:
+        env = self._environment
+        if env.writer is not None and env.writer_thread == threading.get_ident():
+            return env.writer
+        return None
+
+    def _joined_writer(self, action: str) -> WriteTxn | None:
+        if self.readonly:
+            raise _read_only(self.path, action)
+        return self._joined()
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+        return self._environment.run(fn, False, action)
+
+    def _mutate(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+        return self._environment.run(fn, True, action)
+
+    # -- the hot paths, written out in full
+
+    def get(self, key: bytes) -> bytes | None:
+        env = self._environment
+        if env.writer is not None and env.writer_thread == threading.get_ident():
+            return env.writer.get(key)
+        try:
+            # No `with`: the temporary transaction is freed, which aborts it and
+            # frees its reader slot, as soon as get() returns; that saves the
+            # context manager's two calls, a seventh of a small read.
+            return env.lmdb_env.begin(db=env.data).get(key)  # type: ignore[union-attr, no-any-return]
+        except Exception as exc:
+            env.recover(exc, 0, "read")
+        return self._read(lambda txn: txn.get(key), "read")
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if self.readonly:
+            raise _read_only(self.path, "store a value")
+        env = self._environment
+        if env.writer is not None and env.writer_thread == threading.get_ident():
+            env.writer.put(key, value)
+            return
+        try:
+            txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+            try:
+                txn.put(key, value)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+            return
+        except Exception as exc:
+            env.recover(exc, 0, "store a value")
+        self._mutate(lambda txn: txn.put(key, value), "store a value")
+
+    # -- everything else
+
+    def contains(self, key: bytes) -> bool:
+        joined = self._joined()
+        if joined is not None:
+            return joined.contains(key)
+        db = self._environment.data
+        return self._read(lambda txn: _contains(txn, db, key), "read")
+
+    def count(self) -> int:
+        joined = self._joined()
+        if joined is not None:
+            return joined.count()
+        db = self._environment.data
+        return self._read(lambda txn: txn.stat(db)["entries"], "count keys")
+
+    def batch(
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        after: bytes | None,
+        limit: int = BATCH_ITEMS,
+    ) -> list[tuple[bytes, bytes | None]]:
+        joined = self._joined()
+        if joined is not None:
+            return joined.batch(lo, hi, reverse, values, after, limit)
+        env = self._environment
+        return self._read(
+            lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate"
+        )
+
+    def delete(self, key: bytes) -> bool:
+        joined = self._joined_writer("delete a key")
+        if joined is not None:
+            return joined.delete(key)
+        return bool(self._mutate(lambda txn: txn.delete(key), "delete a key"))
+
+    def put_new(self, key: bytes, value: bytes) -> bytes | None:
+        joined = self._joined_writer("store a value")
+        if joined is not None:
+            return joined.put_new(key, value)
+        env = self._environment
+        return self._mutate(lambda txn: _put_new(txn, env.data, key, value), "store a value")
+
+    def put_many(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        with self._write_txn(blind=True, action="store values") as txn:
+            txn.put_many(pairs)
+
+    def clear(self) -> None:
+        with self._write_txn(blind=True, action="empty the store") as txn:
+            txn.clear()
+
+    # -- explicit transactions
+
+    def read(self) -> ReadTxn:
+        """Begin a snapshot; the caller must `end()` it."""
+        self._environment_check("open a snapshot")
+        txn = ReadTxn(self._environment)
+        txn._begin()
+        return txn
+
+    def _write_txn(self, blind: bool, action: str) -> AbstractContextManager[WriteTxn]:
+        if self.readonly:
+            raise _read_only(self.path, action)
+        self._environment_check(action)
+        return _transaction(self._environment, self._joined(), blind)
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a write transaction (a savepoint if this thread already holds one)."""
+        return self._write_txn(blind=False, action="begin a transaction")
+
+    def _environment_check(self, action: str) -> None:
+        env = self._environment
+        if env.lmdb_env is None or env.pid != os.getpid():
+            env.recover(StoreError("forked"), 0, action)
+
+    # -- lifecycle
+
+    def sync(self) -> None:
+        """Flush everything committed to disk, whatever the durability."""
+        env = self._environment
+        if self.readonly or not env.writable:
+            return
+        self._environment_check("sync")
+        try:
+            env.lmdb_env.sync(True)  # type: ignore[union-attr]
+        except lmdb.Error as exc:
+            raise translate(exc, self.path, "sync") from exc
+
+    def close(self) -> None:
+        self._environment.release()
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the store for people: sizes, settings, readers."""
+        env = self._environment
+        self._environment_check("read store information")
+        lmdb_env = env.lmdb_env
+        assert lmdb_env is not None
+        info = lmdb_env.info()
+        return {
+            "path": self.path,
+            "settings": dict(env.settings),
+            "durability": env.options.durability,
+            "exclusive": env.options.exclusive,
+            "entries": self.count(),
+            "map_size": info["map_size"],
+            "used_bytes": env.used_bytes(),
+            "file_bytes": os.path.getsize(os.path.join(self.path, "data.mdb")),
+            "max_readers": info["max_readers"],
+            "readers_in_use": info["num_readers"],
+        }
+
+
+def _read_only(path: str, action: str) -> ReadOnlyError:
+    return ReadOnlyError(f"cannot {action}: the store {path!r} was opened read-only (flag 'r')")
