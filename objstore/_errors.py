@@ -113,7 +113,7 @@ class CorruptError(StoreError):
 
 
 class ReadOnlyError(StoreError):
-    """A write was attempted through a shelf opened with flag ``"r"``, or on a store that cannot be written."""
+    """A write through a shelf opened with flag ``"r"``, or to a store this process cannot write."""
 
 
 class LockTimeoutError(StoreError, TimeoutError):

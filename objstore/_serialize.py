@@ -46,7 +46,17 @@ from typing import Any
 
 from ._errors import CorruptError, UnsupportedFormatError
 
-__all__ = ["CRC_RESIDUE", "KIND_PICKLE", "TRAILER_SIZE", "Codec", "Pickler", "Unpickler", "dumps", "loads", "is_intact"]
+__all__ = [
+    "CRC_RESIDUE",
+    "KIND_PICKLE",
+    "TRAILER_SIZE",
+    "Codec",
+    "Pickler",
+    "Unpickler",
+    "dumps",
+    "loads",
+    "is_intact",
+]
 
 KIND_PICKLE = 1
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -107,7 +117,7 @@ def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:  # pragma: no cover - Python 3.10
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
 
 
 class Codec:

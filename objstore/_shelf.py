@@ -27,7 +27,6 @@ import atexit
 import os
 import threading
 import weakref
-from zlib import crc32
 from collections.abc import (
     Callable,
     ItemsView,
@@ -39,10 +38,19 @@ from collections.abc import (
 )
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
+from zlib import crc32
 
 from ._errors import ClosedError, ReadOnlyError, UnsupportedFormatError
 from ._serialize import CRC_RESIDUE, KIND_PICKLE, TRAILER_SIZE, Codec, Pickler, Unpickler, is_intact
-from ._storage import BATCH_ITEMS, DEFAULT_MAP_SIZE, MAX_KEY_SIZE, Options, ReadTxn, Storage, WriteTxn, open_store
+from ._storage import (
+    BATCH_ITEMS,
+    DEFAULT_MAP_SIZE,
+    MAX_KEY_SIZE,
+    Options,
+    ReadTxn,
+    Storage,
+    open_store,
+)
 
 __all__ = ["Shelf", "Snapshot", "Transaction", "open"]
 
@@ -296,7 +304,9 @@ class _Writer(_Reader, MutableMapping[str, Any]):
 
     def _check_writable(self) -> None:
         if self._source.readonly:
-            raise ReadOnlyError(f"cannot write: the store {self._source.path!r} was opened read-only (flag 'r')")
+            raise ReadOnlyError(
+                f"cannot write: the store {self._source.path!r} was opened read-only (flag 'r')"
+            )
 
     def __setitem__(self, key: str, value: Any) -> None:
         if self._source.readonly:
@@ -510,11 +520,18 @@ class Shelf(_Writer):
         map_size: int = DEFAULT_MAP_SIZE,
         pickler: type[Pickler] | type[Any] = Pickler,
         unpickler: type[Unpickler] | type[Any] = Unpickler,
+        allow_network_fs: bool = False,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
         codec = Codec(protocol, pickler, unpickler)
-        options = Options(durability=durability, map_size=map_size, exclusive=lock == "exclusive", timeout=timeout)
+        options = Options(
+            durability=durability,
+            map_size=map_size,
+            exclusive=lock == "exclusive",
+            timeout=timeout,
+            allow_network_fs=allow_network_fs,
+        )
         path_str = os.fsdecode(os.fspath(path))
         store = open_store(
             path_str,
@@ -612,6 +629,7 @@ class Shelf(_Writer):
             "map_size": options.map_size,
             "pickler": self._codec.pickler,
             "unpickler": self._codec.unpickler,
+            "allow_network_fs": options.allow_network_fs,
         }
         flag = "c" if self._flag == "n" else self._flag
         return (_reopen, (self._path, flag, self._codec.protocol, self._writeback, kwargs))
@@ -629,7 +647,10 @@ def _created_by() -> str:
 
 def _check_settings(store: Storage) -> None:
     settings = store.settings
-    if settings.get("key_encoding", KEY_ENCODING) != KEY_ENCODING or settings.get("value_format", 1) > VALUE_FORMAT:
+    if (
+        settings.get("key_encoding", KEY_ENCODING) != KEY_ENCODING
+        or settings.get("value_format", 1) > VALUE_FORMAT
+    ):
         raise UnsupportedFormatError(
             f"{store.path!r} was created with settings this objstore does not understand ({settings}); "
             "upgrade objstore to open it"
@@ -769,6 +790,7 @@ def open(
     map_size: int = DEFAULT_MAP_SIZE,
     pickler: type[Pickler] | type[Any] = Pickler,
     unpickler: type[Unpickler] | type[Any] = Unpickler,
+    allow_network_fs: bool = False,
 ) -> Shelf:
     """Open the store at `path` (a directory) as a `Shelf`, like ``shelve.open``.
 
@@ -798,6 +820,10 @@ def open(
     pickler, unpickler
         Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
         through, e.g. with custom reducers or a restricted ``find_class``.
+    allow_network_fs
+        Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
+        locking is not coherent there: only safe when one process on one
+        host ever opens the store.
     """
     return Shelf(
         path,
@@ -810,6 +836,7 @@ def open(
         map_size=map_size,
         pickler=pickler,
         unpickler=unpickler,
+        allow_network_fs=allow_network_fs,
     )
 
 

@@ -47,7 +47,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import lmdb
 
@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
 FORMAT_VERSION = 1
 MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
@@ -97,6 +101,16 @@ DURABILITY = {
     "off": {"sync": False, "metasync": False},
 }
 _OWN_FILES = frozenset({"data.mdb", "lock.mdb", _lock.MAINTENANCE_LOCK, _lock.OPENERS_LOCK})
+# Filesystem types on which LMDB's locks and shared memory map are not
+# coherent between processes (LMDB's documentation: never use remote filesystems).
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs", "lustre",
+        "gpfs", "ocfs2", "gfs2", "davfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs",
+        "fuse.gcsfuse", "fuse.rclone", "fuse.juicefs", "fuse.davfs2",
+    }
+)  # fmt: skip
+_filesystem_types: dict[int, str] = {}
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,7 @@ class Options:
     map_size: int = DEFAULT_MAP_SIZE
     exclusive: bool = False
     timeout: float | None = 10.0
+    allow_network_fs: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY:
@@ -158,13 +173,13 @@ class Storage(Protocol):
 # in its own transaction) and by explicit transactions.
 
 
-def _contains(txn: lmdb.Transaction, db: Any, key: bytes) -> bool:
+def _contains(txn: Txn, db: Any, key: bytes) -> bool:
     # A cursor lookup copies nothing, unlike get(), which matters for large values.
     return bool(txn.cursor(db).set_key(key))
 
 
 def _batch(
-    txn: lmdb.Transaction,
+    txn: Txn,
     db: Any,
     lo: bytes | None,
     hi: bytes | None,
@@ -221,7 +236,7 @@ def _batch(
     return out
 
 
-def _put_new(txn: lmdb.Transaction, db: Any, key: bytes, value: bytes) -> bytes | None:
+def _put_new(txn: Txn, db: Any, key: bytes, value: bytes) -> bytes | None:
     existing = txn.get(key, db=db)
     if existing is None:
         txn.put(key, value, db=db)
@@ -245,7 +260,9 @@ def translate(exc: BaseException, path: str, action: str) -> BaseException:
             f"cannot {action}: the data file of {path!r} is damaged ({exc}); restore it from a backup"
         )
     if isinstance(exc, lmdb.VersionMismatchError):
-        return UnsupportedFormatError(f"cannot {action}: {path!r} was written by another LMDB version ({exc})")
+        return UnsupportedFormatError(
+            f"cannot {action}: {path!r} was written by another LMDB version ({exc})"
+        )
     if isinstance(exc, lmdb.LockError):
         return StoreError(
             f"cannot {action}: LMDB's lock file of {path!r} cannot be used ({exc}); this happens on "
@@ -431,7 +448,7 @@ class _Environment:
         else:
             raise translate(exc, self.path, action) from exc
 
-    def run(self, fn: Callable[[lmdb.Transaction], T], write: bool, action: str) -> T:
+    def run(self, fn: Callable[[Txn], T], write: bool, action: str) -> T:
         """Run `fn` in a fresh transaction, retrying through growth, resizes and reopening."""
         for attempt in range(_ATTEMPTS + 1):
             try:
@@ -564,7 +581,7 @@ def _uninitialised(path: str) -> StoreError:
     )
 
 
-def _check_empty_main(txn: lmdb.Transaction, path: str) -> None:
+def _check_empty_main(txn: Txn, path: str) -> None:
     names = {key for key, _ in txn.cursor()}
     if names - {META_DB, DATA_DB}:
         raise NotAStoreError(
@@ -585,7 +602,7 @@ def _read_meta(raw: bytes | None, path: str) -> dict[str, Any]:
             f"{path!r} uses store format {version!r}, newer than this objstore understands "
             f"({FORMAT_VERSION}); upgrade objstore to open it"
         )
-    return meta
+    return dict(meta)
 
 
 def _classify(path: str, flag: str) -> bool:
@@ -646,10 +663,40 @@ def _peek(path: str, lock: bool) -> None:
         env.close()
 
 
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem holding `path` (Linux), or "" when the platform does not tell."""
+    device = os.stat(path).st_dev
+    if device not in _filesystem_types:
+        wanted = f"{os.major(device)}:{os.minor(device)}"
+        kind = ""
+        try:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+                for line in table:
+                    # "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
+                    fields, _, rest = line.partition(" - ")
+                    if fields.split()[2:3] == [wanted]:
+                        kind = rest.split()[0] if rest.split() else ""
+        except OSError:
+            pass
+        _filesystem_types[device] = kind
+    return _filesystem_types[device]
+
+
+def _check_filesystem(path: str, options: Options) -> None:
+    kind = filesystem_type(path)
+    if kind in NETWORK_FILESYSTEMS and not options.allow_network_fs:
+        raise StoreError(
+            f"{path!r} is on a network filesystem ({kind}): LMDB's locks and memory map are not "
+            "coherent there, so concurrent use can corrupt the store. Put the store on a local disk, "
+            "or pass allow_network_fs=True if only one process on one host will ever open it"
+        )
+
+
 def _open_environment(path: str, flag: str, options: Options, settings: dict[str, Any]) -> _Environment:
     exists = _classify(path, flag)
     if not exists:
         os.makedirs(path, exist_ok=True)
+    _check_filesystem(path, options)
     environment = _Environment(path, options, writable=flag != "r")
     try:
         environment.openers = _lock.OpenersLock(path, options.exclusive, options.timeout)
@@ -756,7 +803,7 @@ class ReadTxn:
         self.thread = threading.get_ident()
         self.pid = os.getpid()
         self.expired = False
-        self._txn: lmdb.Transaction | None = None
+        self._txn: Txn | None = None
         self._db = environment.data
 
     def _begin(self) -> None:
@@ -785,7 +832,7 @@ class ReadTxn:
                 pass  # already invalidated by a resize
         env.unregister(self)
 
-    def _live(self) -> lmdb.Transaction:
+    def _live(self) -> Txn:
         txn = self._txn
         if txn is None:
             if self.pid != os.getpid():
@@ -798,7 +845,7 @@ class ReadTxn:
             )
         return txn
 
-    def _call(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+    def _call(self, fn: Callable[[Txn], T], action: str) -> T:
         txn = self._live()
         try:
             return fn(txn)
@@ -928,11 +975,13 @@ class WriteTxn(ReadTxn):
 
     def _stack(self) -> list[WriteTxn]:
         stack = [self]
-        while stack[-1].parent is not None:
-            stack.append(stack[-1].parent)  # type: ignore[arg-type]
+        parent = self.parent
+        while parent is not None:
+            stack.append(parent)
+            parent = parent.parent
         return stack[::-1]
 
-    def _replay(self) -> lmdb.Transaction:
+    def _replay(self) -> Txn:
         """Roll back, grow the map, begin again and replay every level's log; return our txn."""
         env = self._environment
         stack = self._stack()
@@ -977,7 +1026,7 @@ class WriteTxn(ReadTxn):
         env.writer = self
         return self._txn  # type: ignore[return-value]
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+    def _write(self, fn: Callable[[Txn], T], action: str) -> T:
         self._check_thread()
         txn = self._live()
         for attempt in range(_ATTEMPTS + 1):
@@ -1082,10 +1131,10 @@ class Store:
             raise _read_only(self.path, action)
         return self._joined()
 
-    def _read(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+    def _read(self, fn: Callable[[Txn], T], action: str) -> T:
         return self._environment.run(fn, False, action)
 
-    def _mutate(self, fn: Callable[[lmdb.Transaction], T], action: str) -> T:
+    def _mutate(self, fn: Callable[[Txn], T], action: str) -> T:
         return self._environment.run(fn, True, action)
 
     # -- the hot paths, written out in full
@@ -1098,7 +1147,7 @@ class Store:
             # No `with`: the temporary transaction is freed, which aborts it and
             # frees its reader slot, as soon as get() returns; that saves the
             # context manager's two calls, a seventh of a small read.
-            return env.lmdb_env.begin(db=env.data).get(key)  # type: ignore[union-attr, no-any-return]
+            return env.lmdb_env.begin(db=env.data).get(key)  # type: ignore[union-attr]
         except Exception as exc:
             env.recover(exc, 0, "read")
         return self._read(lambda txn: txn.get(key), "read")
@@ -1152,9 +1201,7 @@ class Store:
         if joined is not None:
             return joined.batch(lo, hi, reverse, values, after, limit)
         env = self._environment
-        return self._read(
-            lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate"
-        )
+        return self._read(lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate")
 
     def delete(self, key: bytes) -> bool:
         joined = self._joined_writer("delete a key")
