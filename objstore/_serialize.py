@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._errors import CorruptError, UnsupportedFormatError
@@ -60,6 +61,7 @@ __all__ = [
 
 KIND_PICKLE = 1
 _KIND_BYTE = bytes([KIND_PICKLE])
+_trailer = struct.Struct("<BI").pack  # kind, CRC-32
 TRAILER_SIZE = 5
 CRC_RESIDUE = 0x2144DF1C
 
@@ -175,8 +177,24 @@ class Codec:
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
-        body = payload + _KIND_BYTE
-        return body + zlib.crc32(body).to_bytes(4, "little")
+        return payload + _trailer(KIND_PICKLE, zlib.crc32(_KIND_BYTE, zlib.crc32(payload)))
+
+    def encode_many(self, values: Iterable[Any], keys: Sequence[str]) -> list[bytes]:
+        """Return the records of `values` (named by `keys` in errors), in one loop."""
+        if not self._stock_pickler:
+            return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
+        dumps, protocol, crc32, trailer = pickle.dumps, self.protocol, zlib.crc32, _trailer
+        records: list[bytes] = []
+        append = records.append
+        try:
+            for value in values:
+                payload = dumps(value, protocol)
+                append(payload + trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload))))
+        except Exception as exc:
+            key = keys[len(records)]
+            _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
+            raise
+        return records
 
     def decode(self, record: bytes, key: str) -> Any:
         """Return the value held in `record`, checking its integrity first."""

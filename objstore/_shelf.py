@@ -37,12 +37,14 @@ from collections.abc import (
     ValuesView,
 )
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any, NoReturn, TypeVar
 from zlib import crc32
 
 from ._errors import ClosedError, ReadOnlyError, UnsupportedFormatError
 from ._serialize import CRC_RESIDUE, KIND_PICKLE, TRAILER_SIZE, Codec, Pickler, Unpickler, is_intact
 from ._storage import (
+    BATCH_BYTES,
     BATCH_ITEMS,
     DEFAULT_MAP_SIZE,
     MAX_KEY_SIZE,
@@ -79,6 +81,24 @@ def encode_key(key: str) -> bytes:
             f"key is {len(encoded)} bytes in UTF-8; objstore keys are limited to {MAX_KEY_SIZE} bytes "
             "(LMDB's key size limit): shorten it, or hash it and keep the full key in the value"
         )
+    return encoded
+
+
+def encode_keys(keys: list[str]) -> list[bytes]:
+    """`encode_key` over a list, with the checks made once for the whole list."""
+    try:
+        encoded = [key.encode() for key in keys]
+    except (AttributeError, UnicodeEncodeError):
+        encoded = []
+    if len(encoded) != len(keys) or (
+        keys
+        and (
+            set(map(type, keys)) != {str}
+            or min(map(len, encoded)) == 0
+            or max(map(len, encoded)) > MAX_KEY_SIZE
+        )
+    ):
+        return [encode_key(key) for key in keys]  # raises for the first bad key
     return encoded
 
 
@@ -213,18 +233,37 @@ class _Reader(Mapping[str, Any]):
 
     # -- ordered access
 
-    def _scan(
+    def _batches(
         self, lo: bytes | None, hi: bytes | None, reverse: bool, values: bool
-    ) -> Iterator[tuple[bytes, bytes | None]]:
-        # Batches, each read in its own short transaction, resuming after the
-        # last key: no transaction stays open while the caller's loop runs.
+    ) -> Iterator[list[Any]]:
+        """Batches of keys (or of (key, record) pairs) of [lo, hi), in order.
+
+        Each batch is read in its own short transaction and the next resumes
+        after its last key: no transaction stays open while the caller's loop
+        runs. Batches of records are sized to hold about BATCH_BYTES.
+        """
         after = None
+        limit = BATCH_ITEMS if not values else 16
         while True:
-            batch = self._source.batch(lo, hi, reverse, values, after)
-            yield from batch
-            if not batch or (not values and len(batch) < BATCH_ITEMS):
+            batch = self._source.batch(lo, hi, reverse, values, after, limit)
+            if batch:
+                yield batch
+            if len(batch) < limit:
                 return
-            after = batch[-1][0]
+            if values:
+                size = sum(map(len, map(itemgetter(1), batch)))
+                limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
+                after = batch[-1][0]
+            else:
+                after = batch[-1]
+
+    def _records(
+        self, prefix: str | None, start: str | None, stop: str | None, reverse: bool
+    ) -> Iterator[tuple[str, bytes]]:
+        lo, hi = _bounds(prefix, start, stop)
+        for batch in self._batches(lo, hi, reverse, values=True):
+            for raw_key, record in batch:
+                yield raw_key.decode(), record
 
     def iterkeys(
         self,
@@ -241,8 +280,8 @@ class _Reader(Mapping[str, Any]):
         iteration; for a frozen view, iterate inside `snapshot()`.
         """
         lo, hi = _bounds(prefix, start, stop)
-        for key, _ in self._scan(lo, hi, reverse, values=False):
-            yield key.decode()
+        for batch in self._batches(lo, hi, reverse, values=False):
+            yield from map(bytes.decode, batch)
 
     def iteritems(
         self,
@@ -254,10 +293,21 @@ class _Reader(Mapping[str, Any]):
     ) -> Iterator[tuple[str, Any]]:
         """Iterate over (key, value) pairs in key order; the bounds are those of `iterkeys`."""
         lo, hi = _bounds(prefix, start, stop)
-        value = self._value
-        for raw_key, record in self._scan(lo, hi, reverse, values=True):
-            key = raw_key.decode()
-            yield key, value(key, record)  # type: ignore[arg-type]
+        load, decode = self._load, self._decode
+        for batch in self._batches(lo, hi, reverse, values=True):
+            for raw_key, record in batch:
+                key = raw_key.decode()
+                # Codec.decode's fast path, inlined as in __getitem__.
+                try:
+                    if crc32(record) == CRC_RESIDUE and record[-TRAILER_SIZE] == KIND_PICKLE:
+                        value = load(record)
+                    else:
+                        value = decode(record, key)  # raises the error that says what is wrong
+                except IndexError:
+                    value = decode(record, key)
+                except Exception:
+                    value = decode(record, key)  # loads again, to raise with the key named
+                yield key, value
 
     def itervalues(
         self,
@@ -268,19 +318,14 @@ class _Reader(Mapping[str, Any]):
         reverse: bool = False,
     ) -> Iterator[Any]:
         """Iterate over values in key order; the bounds are those of `iterkeys`."""
-        for _, value in self.iteritems(prefix, start=start, stop=stop, reverse=reverse):
-            yield value
+        return map(itemgetter(1), self.iteritems(prefix, start=start, stop=stop, reverse=reverse))
 
     def verify(self) -> list[str]:
         """Check the integrity of every value record; return the keys whose records are damaged.
 
         Reads the whole store in batches without unpickling anything.
         """
-        return [
-            raw_key.decode(errors="replace")
-            for raw_key, record in self._scan(None, None, False, values=True)
-            if not is_intact(record)  # type: ignore[arg-type]
-        ]
+        return [key for key, record in self._records(None, None, None, False) if not is_intact(record)]
 
     def _end(self, prefix: str | None, last: bool) -> tuple[str, Any]:
         lo, hi = _bounds(prefix, None, None)
@@ -366,15 +411,12 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         """Store every pair of `other` (a mapping or pairs) and `kwds`, in one transaction.
 
-        If any value fails to pickle, nothing is stored.
+        Every value is pickled before the transaction begins: if one fails,
+        nothing is stored.
         """
         self._check_writable()
-        self._source.put_many(self._records(other, kwds))
-
-    def _records(self, other: Any, kwds: dict[str, Any]) -> Iterator[tuple[bytes, bytes]]:
-        encode = self._codec.encode
-        for key, value in _pairs(other, kwds):
-            yield encode_key(key), encode(value, key)
+        keys, values = _pairs(other, kwds)
+        self._source.put_many(encode_keys(keys), self._codec.encode_many(values, keys))
 
     def clear(self) -> None:
         """Remove every key, in one transaction."""
@@ -719,19 +761,23 @@ class _WritebackShelf(Shelf):
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         self._check_writable()
-        pending: list[tuple[str, Any, bytes]] = []
-        encode = self._codec.encode
-
-        def records() -> Iterator[tuple[bytes, bytes]]:
-            for key, value in _pairs(other, kwds):
-                record = encode(value, key)
-                pending.append((key, value, record))
-                yield encode_key(key), record
-
+        keys, values = _pairs(other, kwds)
+        records = self._codec.encode_many(values, keys)
         with self._cache_lock:
-            self._source.put_many(records())
-            for key, value, record in pending:
+            self._source.put_many(encode_keys(keys), records)
+            for key, value, record in zip(keys, values, records, strict=True):
                 self._cache[key] = (value, record)
+
+    def iteritems(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        stop: str | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[str, Any]]:
+        for key, record in self._records(prefix, start, stop, reverse):
+            yield key, self._value(key, record)
 
     def clear(self) -> None:
         with self._cache_lock:
@@ -753,29 +799,36 @@ class _WritebackShelf(Shelf):
     def sync(self) -> None:
         with self._cache_lock:
             if self._cache:
-                encode = self._codec.encode
-                changed = []
-                for key, (value, record) in self._cache.items():
-                    new = encode(value, key)
-                    if new != record:
-                        changed.append((encode_key(key), new))
+                keys = list(self._cache)
+                entries = self._cache.values()
+                records = self._codec.encode_many([value for value, _ in entries], keys)
+                changed = [
+                    i for i, (new, (_, old)) in enumerate(zip(records, entries, strict=True)) if new != old
+                ]
                 if changed:
-                    self._source.put_many(changed)
+                    self._source.put_many(
+                        encode_keys([keys[i] for i in changed]), [records[i] for i in changed]
+                    )
                 self._cache = {}
         super().sync()
 
 
-def _pairs(other: Any, kwds: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
-    if isinstance(other, Mapping):
-        for key in other:
-            yield key, other[key]
-    elif hasattr(other, "keys"):
-        for key in other.keys():
-            yield key, other[key]
+def _pairs(other: Any, kwds: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """The keys and the values of `other` (a mapping, an object with keys(), or pairs) and `kwds`."""
+    if isinstance(other, dict):
+        keys, values = list(other), list(other.values())
+    elif isinstance(other, Mapping) or hasattr(other, "keys"):
+        keys = list(other.keys())
+        values = [other[key] for key in keys]
     else:
+        keys, values = [], []
         for key, value in other:
-            yield key, value
-    yield from kwds.items()
+            keys.append(key)
+            values.append(value)
+    if kwds:
+        keys.extend(kwds)
+        values.extend(kwds.values())
+    return keys, values
 
 
 def open(
