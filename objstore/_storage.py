@@ -609,16 +609,22 @@ def _classify(path: str, flag: str) -> bool:
             f"{path!r} is a file, not an objstore store (a store is a directory); "
             "pass the path of a store directory or of one to create"
         )
-    names = set(os.listdir(path))
-    if "data.mdb" in names and os.path.getsize(os.path.join(path, "data.mdb")) > 0:
-        if _lock.OPENERS_LOCK not in names:
-            _peek(path, "lock.mdb" in names)
+    try:
+        data_size = os.stat(os.path.join(path, "data.mdb")).st_size
+    except FileNotFoundError:
+        data_size = 0
+    if data_size > 0:  # an empty data.mdb is a creation interrupted before LMDB wrote it
+        if not os.path.exists(os.path.join(path, _lock.OPENERS_LOCK)):
+            # No objstore process ever opened it: make sure it is ours before
+            # creating any file beside it.
+            _peek(path, os.path.exists(os.path.join(path, "lock.mdb")))
         return True
+    names = set(os.listdir(path))
     if flag in "rw":
         raise StoreNotFoundError(
             errno.ENOENT, "no objstore store in this directory; open it with flag 'c' to create one", path
         )
-    if names - _OWN_FILES:  # an empty data.mdb is a creation interrupted before LMDB wrote it
+    if names - _OWN_FILES:
         raise NotAStoreError(
             f"{path!r} is a directory holding other files and no objstore store; "
             "refusing to create a store in it"
@@ -1254,8 +1260,8 @@ class Store:
     def sync(self) -> None:
         """Flush everything committed to disk, whatever the durability."""
         env = self._environment
-        if self.readonly or not env.writable:
-            return
+        if self.readonly or not env.writable or env.options.durability == "full":
+            return  # in "full" mode every commit was flushed before it returned
         self._environment_check("sync")
         try:
             env.lmdb_env.sync(True)  # type: ignore[union-attr]
