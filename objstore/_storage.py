@@ -46,7 +46,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -293,9 +293,10 @@ class _Environment:
         self.handles = 0
         self.closed = False
         self.openers: _lock.OpenersLock | None = None
-        # The innermost open write transaction of this process and its thread.
-        self.writer: WriteTxn | None = None
-        self.writer_thread = 0
+        # The innermost open write transaction of each thread that has one. Per
+        # thread, not one slot: LMDB lets the next writer in as soon as the last
+        # one committed, before that one's thread has cleaned up after itself.
+        self.writers: dict[int, WriteTxn] = {}
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
         self._resizing = False
@@ -384,8 +385,7 @@ class _Environment:
     def forget(self) -> None:
         """Drop every LMDB object inherited from the parent, without calling it (fork child)."""
         self.lmdb_env = self.data = self.meta = None
-        self.writer = None
-        self.writer_thread = 0
+        self.writers = {}
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
         self._resizing = False
@@ -461,56 +461,63 @@ class _Environment:
             self.grow()
 
     def grow(self) -> None:
-        """Double the map (at least), coordinated with other processes by the maintenance lock."""
+        """Double the map (at least); other processes adopt the new size by themselves."""
         env = self.lmdb_env
         assert env is not None
         seen = env.info()["map_size"]
         with self._resize_lock:
             if env.info()["map_size"] > seen:
                 return  # another thread of this process grew it meanwhile
-            with _lock.maintenance(self.path, self.options.timeout):
-                target = max(2 * seen, 2 * self.used_bytes())
-                if target > MAX_MAP_SIZE:
-                    raise StoreError(
-                        f"the store {self.path!r} cannot grow beyond {MAX_MAP_SIZE} bytes of map"
-                    )
-                self._set_mapsize(target)
+            target = max(2 * seen, 2 * self.used_bytes())
+            if target > MAX_MAP_SIZE:
+                raise StoreError(f"the store {self.path!r} cannot grow beyond {MAX_MAP_SIZE} bytes of map")
+            self._set_mapsize(target, coordinate=True)
 
     def resize(self, size: int) -> None:
         """Adopt a map size another process set (size 0), waiting for this process's transactions."""
         with self._resize_lock:
-            self._set_mapsize(size)
+            self._set_mapsize(size, coordinate=False)
 
-    def _set_mapsize(self, size: int) -> None:
+    def _set_mapsize(self, size: int, coordinate: bool) -> None:
+        """Set the map size once no other thread's transaction is open (or the timeout passed).
+
+        set_mapsize invalidates every transaction of the process: long-lived ones
+        are waited for (new ones wait meanwhile), short single operations just
+        retry. With `coordinate`, the maintenance lock makes growth one process
+        at a time; it is taken only after the wait, so other processes never
+        wait for this process's transactions.
+        """
         env = self.lmdb_env
         assert env is not None
         me = threading.get_ident()
-        deadline = None if self.options.timeout is None else time.monotonic() + self.options.timeout
+        timeout = self.options.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._guard:
             self._resizing = True
-            try:
+            while any(t.thread != me for t in self._long_lived):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break  # they will find themselves expired
+                self._guard.wait(0.05 if left is None else min(left, 0.05))
+        try:
+            with _lock.maintenance(self.path, timeout) if coordinate else nullcontext():
                 while True:
-                    others = [t for t in self._long_lived if t.thread != me]
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if others and (left is None or left > 0):
-                        self._guard.wait(left if left is None else min(left, 0.05))
-                        continue
                     try:
                         env.set_mapsize(size)
+                        # Whatever is still registered was invalidated by set_mapsize.
+                        for txn in self._long_lived:
+                            txn.expired = True
+                        break
                     except lmdb.Error:
-                        # A short write transaction of another thread is running.
-                        if left is not None and left <= 0:
+                        # A write transaction of another thread is still running.
+                        if deadline is not None and time.monotonic() > deadline:
                             raise StoreError(
                                 f"cannot grow the store {self.path!r}: a write transaction of another "
-                                f"thread stayed open longer than the timeout ({self.options.timeout} s)"
+                                f"thread stayed open longer than the timeout ({timeout} s)"
                             ) from None
-                        self._guard.wait(0.001)
-                        continue
-                    # Whatever is still registered was invalidated by set_mapsize.
-                    for txn in self._long_lived:
-                        txn.expired = True
-                    return
-            finally:
+                        time.sleep(0.001)
+        finally:
+            with self._guard:
                 self._resizing = False
                 self._guard.notify_all()
 
@@ -911,8 +918,7 @@ class WriteTxn(ReadTxn):
         else:
             self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
         self._db = env.data
-        env.writer = self
-        env.writer_thread = self.thread
+        env.writers[self.thread] = self
 
     def commit(self) -> None:
         self._check_thread()
@@ -952,11 +958,10 @@ class WriteTxn(ReadTxn):
         self._txn = None
         self._log = []
         if self.parent is None:
-            env.writer = None
-            env.writer_thread = 0
+            env.writers.pop(self.thread, None)
             env.unregister(self)
         else:
-            env.writer = self.parent
+            env.writers[self.thread] = self.parent
 
     def end(self) -> None:
         self.abort()
@@ -990,7 +995,7 @@ class WriteTxn(ReadTxn):
                 pass  # a failed commit already ended it
         for level in stack:
             level._txn = None
-        env.writer = None
+        env.writers.pop(self.thread, None)
         env.unregister(root)
         try:
             env.grow()
@@ -1021,7 +1026,7 @@ class WriteTxn(ReadTxn):
                         txn.delete(key)
                     else:
                         txn.put(key, record)
-        env.writer = self
+        env.writers[self.thread] = self
         return self._txn  # type: ignore[return-value]
 
     def _write(self, fn: Callable[[Txn], T], action: str) -> T:
@@ -1129,8 +1134,8 @@ class Store:
 
     def _joined(self) -> WriteTxn | None:
         env = self._environment
-        if env.writer is not None and env.writer_thread == threading.get_ident():
-            return env.writer
+        if env.writers:
+            return env.writers.get(threading.get_ident())
         return None
 
     def _joined_writer(self, action: str) -> WriteTxn | None:
@@ -1148,8 +1153,8 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         env = self._environment
-        if env.writer is not None and env.writer_thread == threading.get_ident():
-            return env.writer.get(key)
+        if env.writers and threading.get_ident() in env.writers:
+            return env.writers[threading.get_ident()].get(key)
         try:
             # No `with`: the temporary transaction is freed, which aborts it and
             # frees its reader slot, as soon as get() returns; that saves the
@@ -1163,8 +1168,8 @@ class Store:
         if self.readonly:
             raise _read_only(self.path, "store a value")
         env = self._environment
-        if env.writer is not None and env.writer_thread == threading.get_ident():
-            env.writer.put(key, value)
+        if env.writers and threading.get_ident() in env.writers:
+            env.writers[threading.get_ident()].put(key, value)
             return
         try:
             txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
