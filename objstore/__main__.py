@@ -1,4 +1,8 @@
-"""Command line: ``python -m objstore demo | info PATH | check PATH``."""
+"""Command line: ``python -m objstore demo | info PATH | check PATH``.
+
+Exit status: 0 on success; 1 when ``check`` found damaged records; 2 when the
+store cannot be opened or used (the error is printed, without a traceback).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import sys
 import tempfile
 import time
 
+from . import Error
 from . import open as open_store
 
 
@@ -62,11 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("info", help=info.__doc__).add_argument("path")
     commands.add_parser("check", help=check.__doc__).add_argument("path")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args.path)
-    if args.command == "info":
-        return info(args.path)
-    return check(args.path)
+    try:
+        if args.command == "demo":
+            return demo(args.path)
+        if args.command == "info":
+            return info(args.path)
+        return check(args.path)
+    except (Error, OSError) as exc:
+        print(f"objstore: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -108,8 +108,8 @@ class CorruptError(StoreError):
         super().__init__(message)
         self.key = key
 
-    def __reduce__(self) -> tuple[type[CorruptError], tuple[str, str | None]]:
-        return (type(self), (str(self), self.key))
+    def __reduce__(self) -> tuple[type[CorruptError], tuple[str, str | None], dict[str, object]]:
+        return (type(self), (str(self), self.key), self.__dict__)
 
 
 class ReadOnlyError(StoreError):
@@ -128,5 +128,7 @@ class LockTimeoutError(StoreError, TimeoutError):
         self.lock_file = lock_file
         self.holders = holders
 
-    def __reduce__(self) -> tuple[type[LockTimeoutError], tuple[str, str, tuple[int, ...]]]:
-        return (type(self), (str(self), self.lock_file, self.holders))
+    def __reduce__(
+        self,
+    ) -> tuple[type[LockTimeoutError], tuple[str, str, tuple[int, ...]], dict[str, object]]:
+        return (type(self), (str(self), self.lock_file, self.holders), self.__dict__)

@@ -132,7 +132,8 @@ class _Closed:
     def __getattr__(self, name: str) -> NoReturn:
         raise ClosedError(f"the {self._what} is closed")
 
-    def closed_get(self, key: bytes) -> NoReturn:
+    def closed_get(self, key: bytes = b"") -> NoReturn:
+        """Stands in for the bound `get` of the hot path."""
         raise ClosedError(f"the {self._what} is closed")
 
 
@@ -174,7 +175,16 @@ class _Reader(Mapping[str, Any]):
 
     def _bind(self, source: Storage | ReadTxn | _Closed) -> None:
         self._source = source
-        self._get = source.get if not isinstance(source, _Closed) else source.closed_get
+        self._get: Callable[[bytes], bytes | None]
+        if isinstance(source, _Closed):
+            self._get = source.closed_get
+            # Empty the batches that running iterators are walking, so their
+            # next step reads the next batch and meets the closed source.
+            for batch in list(self._live_batches.values()):
+                batch.clear()
+        else:
+            self._get = source.get
+            self._live_batches: dict[int, list[Any]] = {}
 
     def _value(self, key: str, record: bytes) -> Any:
         return self._decode(record, key)
@@ -244,18 +254,25 @@ class _Reader(Mapping[str, Any]):
         """
         after = None
         limit = BATCH_ITEMS if not values else 16
-        while True:
-            batch = self._source.batch(lo, hi, reverse, values, after, limit)
-            if batch:
-                yield batch
-            if len(batch) < limit:
-                return
-            if values:
-                size = sum(map(len, map(itemgetter(1), batch)))
-                limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
-                after = batch[-1][0]
-            else:
-                after = batch[-1]
+        live, token = self._live_batches, object()
+        try:
+            while True:
+                batch = self._source.batch(lo, hi, reverse, values, after, limit)
+                live[id(token)] = batch
+                if batch:
+                    yield batch
+                if isinstance(self._source, _Closed):
+                    self._source.closed_get()  # closed while iterating: raises ClosedError
+                if len(batch) < limit:
+                    return
+                if values:
+                    size = sum(map(len, map(itemgetter(1), batch)))
+                    limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
+                    after = batch[-1][0]
+                else:
+                    after = batch[-1]
+        finally:
+            live.pop(id(token), None)
 
     def _records(
         self, prefix: str | None, start: str | None, stop: str | None, reverse: bool
@@ -375,6 +392,10 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def pop(self, key: str, default: Any = _MISSING) -> Any:
         """Remove `key` and return its value, atomically; `default` (or `KeyError`) if absent."""
         encoded = encode_key(key)
+        if self._source.readonly and not self._source.contains(encoded):
+            if default is _MISSING:
+                raise KeyError(key)
+            return default  # nothing to remove: fine on a read-only store, as in shelve
         self._check_writable()
         with self._source.write() as txn:
             record = txn.get(encoded)
@@ -402,11 +423,15 @@ class _Writer(_Reader, MutableMapping[str, Any]):
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return the value of `key`, first storing `default` under it if absent (atomically)."""
-        self._check_writable()
-        existing = self._source.put_new(encode_key(key), self._codec.encode(default, key))
-        if existing is None:
-            return default
-        return self._value(key, existing)
+        encoded = encode_key(key)
+        record = self._get(encoded)
+        if record is None:
+            self._check_writable()
+            # put_new stores only if the key is still absent, and says what is there if not.
+            record = self._source.put_new(encoded, self._codec.encode(default, key))
+            if record is None:
+                return default
+        return self._value(key, record)
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         """Store every pair of `other` (a mapping or pairs) and `kwds`, in one transaction.
@@ -414,8 +439,10 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         Every value is pickled before the transaction begins: if one fails,
         nothing is stored.
         """
-        self._check_writable()
         keys, values = _pairs(other, kwds)
+        if not keys:
+            return
+        self._check_writable()
         self._source.put_many(encode_keys(keys), self._codec.encode_many(values, keys))
 
     def clear(self) -> None:
@@ -580,12 +607,8 @@ class Shelf(_Writer):
             flag,
             options,
             {"key_encoding": KEY_ENCODING, "value_format": VALUE_FORMAT, "created_by": _created_by()},
+            _check_settings,
         )
-        try:
-            _check_settings(store)
-        except BaseException:
-            store.close()
-            raise
         super().__init__(store, codec)
         self._flag = flag
         self._writeback = bool(writeback)
@@ -687,14 +710,14 @@ def _created_by() -> str:
     return f"objstore {__version__}"
 
 
-def _check_settings(store: Storage) -> None:
-    settings = store.settings
-    if (
-        settings.get("key_encoding", KEY_ENCODING) != KEY_ENCODING
-        or settings.get("value_format", 1) > VALUE_FORMAT
+def _check_settings(path: str, settings: dict[str, Any]) -> None:
+    """Refuse a store whose keys or records this version cannot read (before "n" empties it)."""
+    value_format = settings.get("value_format", VALUE_FORMAT)
+    if settings.get("key_encoding", KEY_ENCODING) != KEY_ENCODING or not (
+        isinstance(value_format, int) and value_format <= VALUE_FORMAT
     ):
         raise UnsupportedFormatError(
-            f"{store.path!r} was created with settings this objstore does not understand ({settings}); "
+            f"{path!r} was created with settings this objstore does not understand ({settings}); "
             "upgrade objstore to open it"
         )
 
@@ -726,7 +749,10 @@ class _WritebackShelf(Shelf):
         cached = self._cache.get(key) if isinstance(key, str) else None
         if cached is not None:
             return cached[0]
-        return super().__getitem__(key)
+        record = self._get(encode_key(key))
+        if record is None:
+            raise KeyError(key)
+        return self._value(key, record)
 
     def get(self, key: str, default: Any = None) -> Any:
         cached = self._cache.get(key) if isinstance(key, str) else None
@@ -760,8 +786,10 @@ class _WritebackShelf(Shelf):
             return key, (value if cached is None else cached[0])
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
-        self._check_writable()
         keys, values = _pairs(other, kwds)
+        if not keys:
+            return
+        self._check_writable()
         records = self._codec.encode_many(values, keys)
         with self._cache_lock:
             self._source.put_many(encode_keys(keys), records)

@@ -344,7 +344,9 @@ class _Environment:
         self.lmdb_env = env
         self.pid = os.getpid()
 
-    def open_databases(self, flag: str, settings: dict[str, Any]) -> None:
+    def open_databases(
+        self, flag: str, settings: dict[str, Any], check: Callable[[str, dict[str, Any]], None]
+    ) -> None:
         """Open the named databases, initialising a new store; empty it in place for flag 'n'."""
         env = self.lmdb_env
         assert env is not None
@@ -357,6 +359,7 @@ class _Environment:
                     raise _uninitialised(self.path) from None
                 with env.begin() as txn:
                     self.settings = _read_meta(txn.get(META_KEY, db=self.meta), self.path)
+                check(self.path, self.settings)
                 return
             # Named-database handles only outlive their transaction when it is a
             # committed write transaction.
@@ -374,6 +377,7 @@ class _Environment:
                     raw = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True).encode()
                     txn.put(META_KEY, raw, db=self.meta)
                 self.settings = _read_meta(raw, self.path)
+                check(self.path, self.settings)
                 self.data = env.open_db(DATA_DB, txn=txn, create=True)
                 if flag == "n":
                     txn.drop(self.data, delete=False)
@@ -411,7 +415,7 @@ class _Environment:
                         "before forking, or use the 'spawn' or 'forkserver' start method"
                     ) from exc
                 raise
-            self.open_databases("w" if self.writable else "r", {})
+            self.open_databases("w" if self.writable else "r", {}, lambda path, settings: None)
 
     # -- recovery, shared by every operation
 
@@ -694,7 +698,13 @@ def _check_filesystem(path: str, options: Options) -> None:
         )
 
 
-def _open_environment(path: str, flag: str, options: Options, settings: dict[str, Any]) -> _Environment:
+def _open_environment(
+    path: str,
+    flag: str,
+    options: Options,
+    settings: dict[str, Any],
+    check: Callable[[str, dict[str, Any]], None],
+) -> _Environment:
     exists = _classify(path, flag)
     if not exists:
         os.makedirs(path, exist_ok=True)
@@ -721,9 +731,9 @@ def _open_environment(path: str, flag: str, options: Options, settings: dict[str
                 data_file = os.path.join(path, "data.mdb")
                 created_meanwhile = os.path.exists(data_file) and os.path.getsize(data_file) > 0
                 environment.open_lmdb(create=not created_meanwhile)
-                environment.open_databases(flag, settings)
+                environment.open_databases(flag, settings, check)
                 return environment
-        environment.open_databases(flag, settings)
+        environment.open_databases(flag, settings, check)
         if flag != "r" and "format" not in environment.settings:  # pragma: no cover - defensive
             raise NotAStoreError(f"{path!r} is not an objstore store")
         return environment
@@ -735,11 +745,18 @@ def _open_environment(path: str, flag: str, options: Options, settings: dict[str
         raise
 
 
-def open_store(path: str, flag: str, options: Options, settings: dict[str, Any]) -> Store:
+def open_store(
+    path: str,
+    flag: str,
+    options: Options,
+    settings: dict[str, Any],
+    check: Callable[[str, dict[str, Any]], None],
+) -> Store:
     """Open (or create) the store at `path` and return a new handle on it.
 
     `settings` are recorded in the metadata of a newly created store; the
-    settings of an existing store are in the handle's ``settings``.
+    settings of an existing store are in the handle's ``settings``, and are
+    passed to `check` (which raises to refuse them) before anything is written.
     """
     if flag not in ("r", "w", "c", "n"):
         raise ValueError(f"flag must be one of 'r', 'w', 'c' or 'n', not {flag!r}")
@@ -749,7 +766,7 @@ def open_store(path: str, flag: str, options: Options, settings: dict[str, Any])
         if environment is not None and environment.pid != os.getpid():
             environment = None  # pragma: no cover - the fork hook resets the registry
         if environment is None:
-            environment = _open_environment(real, flag, options, settings)
+            environment = _open_environment(real, flag, options, settings, check)
             _registry[real] = environment
         else:
             _check_compatible(environment, flag, options)
@@ -847,15 +864,23 @@ class ReadTxn:
             )
         return txn
 
+    def _error(self, exc: lmdb.Error, action: str) -> BaseException:
+        """The exception to raise for `exc`, raised by this transaction's lmdb object."""
+        if self._environment.closed:
+            return ClosedError(
+                f"cannot {action}: the store was closed while this transaction or snapshot was open"
+            )
+        return translate(exc, self._environment.path, action)
+
     def _call(self, fn: Callable[[Txn], T], action: str) -> T:
         txn = self._live()
         try:
             return fn(txn)
         except lmdb.Error as exc:
-            if self.expired or _is_transient(exc):
+            if not self._environment.closed and (self.expired or _is_transient(exc)):
                 self.expired = True
                 self._live()  # raises the TransactionError that explains it
-            raise translate(exc, self._environment.path, action) from exc
+            raise self._error(exc, action) from exc
 
     def get(self, key: bytes) -> bytes | None:
         return self._call(lambda txn: txn.get(key, db=self._db), "read")
@@ -923,7 +948,6 @@ class WriteTxn(ReadTxn):
     def commit(self) -> None:
         self._check_thread()
         txn = self._live()
-        env = self._environment
         for attempt in range(_ATTEMPTS + 1):
             try:
                 txn.commit()
@@ -932,11 +956,11 @@ class WriteTxn(ReadTxn):
                 # LMDB can need pages at commit time too; the commit aborted the transaction.
                 if attempt >= _ATTEMPTS:
                     self._finish()
-                    raise translate(exc, env.path, "commit the transaction") from exc
+                    raise self._error(exc, "commit the transaction") from exc
                 txn = self._replay()
             except lmdb.Error as exc:
                 self._finish()
-                raise translate(exc, env.path, "commit the transaction") from exc
+                raise self._error(exc, "commit the transaction") from exc
         if self.parent is not None:
             self.parent._log.extend(self._log)
         self._finish()
@@ -1037,10 +1061,10 @@ class WriteTxn(ReadTxn):
                 return fn(txn)
             except lmdb.MapFullError as exc:
                 if attempt >= _ATTEMPTS:
-                    raise translate(exc, self._environment.path, action) from exc
+                    raise self._error(exc, action) from exc
                 txn = self._replay()
             except lmdb.Error as exc:
-                raise translate(exc, self._environment.path, action) from exc
+                raise self._error(exc, action) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- reads see this transaction's own writes
@@ -1086,7 +1110,7 @@ class WriteTxn(ReadTxn):
                 txn = self._replay()
                 continue
             except lmdb.Error as exc:
-                raise translate(exc, self._environment.path, "store values") from exc
+                raise self._error(exc, "store values") from exc
             self._log.append((keys, records))
             return
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import pickle
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,37 @@ def shelf(path: Path) -> Iterator[objstore.Shelf]:
     db = objstore.open(path)
     yield db
     db.close()
+
+
+def value_record(value: object, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
+    """The value record objstore stores for `value`, built from docs/format.md, not from objstore."""
+    body = pickle.dumps(value, protocol) + b"\x01"
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+@pytest.fixture
+def damage_record() -> Callable[[Path, object, int], int]:
+    """Flip one byte of a stored value's record inside a closed store's ``data.mdb``, like disk damage.
+
+    Call it as ``damage_record(store, value, offset)``: `value` is what was stored
+    (with the default protocol) and `offset` the byte of its record to flip;
+    negative offsets count from the end (-5 is the kind byte, -1 the last CRC
+    byte). Every copy of the record in the file is flipped; returns how many.
+    """
+
+    def damage(store: Path, value: object, offset: int) -> int:
+        data_file = store / "data.mdb"
+        record = value_record(value)
+        content = bytearray(data_file.read_bytes())
+        where = offset % len(record)
+        found = 0
+        start = content.find(record)
+        while start >= 0:
+            content[start + where] ^= 0x5A
+            found += 1
+            start = content.find(record, start + 1)
+        assert found, "the record was not found in data.mdb"
+        data_file.write_bytes(bytes(content))
+        return found
+
+    return damage
