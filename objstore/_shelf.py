@@ -293,8 +293,9 @@ class _Reader(Mapping[str, Any]):
         """Iterate over keys in sorted order: those starting with `prefix` and in [`start`, `stop`).
 
         Every bound is optional. ``reverse=True`` iterates from the highest key
-        down. Changes made while iterating are seen by the rest of the
-        iteration; for a frozen view, iterate inside `snapshot()`.
+        down. Keys are read in batches of up to 1024, each in its own short
+        transaction: changes made while iterating show from the next batch on.
+        For a frozen view, iterate inside `snapshot()`.
         """
         lo, hi = _bounds(prefix, start, stop)
         for batch in self._batches(lo, hi, reverse, values=False):
