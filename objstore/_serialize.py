@@ -27,7 +27,9 @@ A record is the pickle stream followed by a five-byte trailer::
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
   Because the CRC is stored little-endian at the very end, the CRC-32 of a
   whole intact record is the fixed residue ``0x2144DF1C``: verifying a record
-  is one ``zlib.crc32`` call, with no slicing.
+  is one CRC call, with no slicing. The CRC is computed by ISA-L when the
+  optional ``isal`` package is installed (the same CRC-32, 4 to 10 times
+  faster), else by ``zlib``.
 - The pickle stream comes first so it can be unpickled in place: pickle stops
   at its STOP opcode and ignores the trailer.
 
@@ -41,13 +43,23 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from itertools import count
 from typing import Any
 
 from ._errors import CorruptError, UnsupportedFormatError
 
+try:  # the same CRC-32 as zlib's, computed with SIMD instructions
+    from isal.isal_zlib import crc32
+
+    CRC_IMPLEMENTATION = "isal"
+except ImportError:  # pragma: no cover - exercised in a subprocess by the tests
+    from zlib import crc32
+
+    CRC_IMPLEMENTATION = "zlib"
+
 __all__ = [
+    "CRC_IMPLEMENTATION",
     "CRC_RESIDUE",
     "KIND_PICKLE",
     "TRAILER_SIZE",
@@ -55,6 +67,7 @@ __all__ = [
     "Pickler",
     "Unpickler",
     "dumps",
+    "crc32",
     "loads",
     "is_intact",
 ]
@@ -177,24 +190,22 @@ class Codec:
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
-        return payload + _trailer(KIND_PICKLE, zlib.crc32(_KIND_BYTE, zlib.crc32(payload)))
+        return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
 
-    def encode_many(self, values: Iterable[Any], keys: Sequence[str]) -> list[bytes]:
-        """Return the records of `values` (named by `keys` in errors), in one loop."""
+    def encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[bytes]:
+        """Return the records of `values` (named by `keys` in errors)."""
         if not self._stock_pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
-        dumps, protocol, crc32, trailer = pickle.dumps, self.protocol, zlib.crc32, _trailer
-        records: list[bytes] = []
-        append = records.append
+        dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
+        # Comprehensions, not a loop: this is most of a bulk write's own cost.
+        taken = count()  # how many values the comprehension took, to name the one that failed
         try:
-            for value in values:
-                payload = dumps(value, protocol)
-                append(payload + trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload))))
+            payloads = [dumps(value, protocol) for value, _ in zip(values, taken, strict=False)]
         except Exception as exc:
-            key = keys[len(records)]
+            key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
-        return records
+        return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
 
     def decode(self, record: bytes, key: str) -> Any:
         """Return the value held in `record`, checking its integrity first."""
@@ -211,14 +222,14 @@ def is_intact(record: bytes) -> bool:
     """Whether `record` passes its CRC and is of the kind this version reads."""
     # One CRC call over the whole record, no slicing (see the module docstring).
     try:
-        return zlib.crc32(record) == CRC_RESIDUE and record[-TRAILER_SIZE] == KIND_PICKLE
+        return crc32(record) == CRC_RESIDUE and record[-TRAILER_SIZE] == KIND_PICKLE
     except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
         return False
 
 
 def bad_record(record: bytes, key: str) -> Exception:
     """Return the error for a record that failed its check: damaged, or of an unknown kind."""
-    if len(record) > TRAILER_SIZE and zlib.crc32(record) == CRC_RESIDUE:
+    if len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
         return UnsupportedFormatError(
             f"the value of key {key!r} is a record of kind {record[-TRAILER_SIZE]}, written by a "
             "newer objstore; upgrade objstore to read it"

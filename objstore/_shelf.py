@@ -37,17 +37,28 @@ from collections.abc import (
     ValuesView,
 )
 from contextlib import contextmanager
+from functools import partial
 from operator import itemgetter
 from typing import Any, NoReturn, TypeVar
-from zlib import crc32
 
 from ._errors import ClosedError, ReadOnlyError, UnsupportedFormatError
-from ._serialize import CRC_RESIDUE, KIND_PICKLE, TRAILER_SIZE, Codec, Pickler, Unpickler, is_intact
+from ._serialize import (
+    CRC_IMPLEMENTATION,
+    CRC_RESIDUE,
+    KIND_PICKLE,
+    TRAILER_SIZE,
+    Codec,
+    Pickler,
+    Unpickler,
+    crc32,
+    is_intact,
+)
 from ._storage import (
     BATCH_BYTES,
     BATCH_ITEMS,
     DEFAULT_MAP_SIZE,
     MAX_KEY_SIZE,
+    Chunk,
     Options,
     ReadTxn,
     Storage,
@@ -59,6 +70,7 @@ __all__ = ["Shelf", "Snapshot", "Transaction", "open"]
 VALUE_FORMAT = 1
 KEY_ENCODING = "utf-8"
 _MISSING: Any = object()
+_CHUNK = 4096  # pairs pickled at a time by a bulk write
 _V = TypeVar("_V")
 
 # ------------------------------------------------------------------- keys
@@ -82,6 +94,13 @@ def encode_key(key: str) -> bytes:
             "(LMDB's key size limit): shorten it, or hash it and keep the full key in the value"
         )
     return encoded
+
+
+def _chunks(encoded: list[bytes], keys: list[str], values: list[Any], codec: Codec) -> Iterator[Chunk]:
+    """The pairs of a bulk write as chunks for `Storage.put_many`, pickled one chunk at a time."""
+    for i in range(0, len(keys), _CHUNK):
+        part = slice(i, i + _CHUNK)
+        yield encoded[part], partial(codec.encode_many, values[part], keys[part])
 
 
 def encode_keys(keys: list[str]) -> list[bytes]:
@@ -437,14 +456,15 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         """Store every pair of `other` (a mapping or pairs) and `kwds`, in one transaction.
 
-        Every value is pickled before the transaction begins: if one fails,
-        nothing is stored.
+        If a key is invalid or a value fails to pickle, nothing is stored.
+        Values are pickled a few thousand at a time as they are written, so
+        memory does not grow with the size of the update.
         """
         keys, values = _pairs(other, kwds)
         if not keys:
             return
         self._check_writable()
-        self._source.put_many(encode_keys(keys), self._codec.encode_many(values, keys))
+        self._source.put_many(_chunks(encode_keys(keys), keys, values, self._codec))
 
     def clear(self) -> None:
         """Remove every key, in one transaction."""
@@ -646,7 +666,7 @@ class Shelf(_Writer):
 
     def info(self) -> dict[str, Any]:
         """Facts about the store: settings it was created with, entries, sizes, readers."""
-        return dict(self._source.info())
+        return {**self._source.info(), "crc32": CRC_IMPLEMENTATION}
 
     def close(self) -> None:
         """Write back the cache, flush and release the store. Idempotent; later use raises `ClosedError`."""
@@ -791,9 +811,10 @@ class _WritebackShelf(Shelf):
         if not keys:
             return
         self._check_writable()
+        encoded = encode_keys(keys)
         records = self._codec.encode_many(values, keys)
         with self._cache_lock:
-            self._source.put_many(encode_keys(keys), records)
+            self._source.put_many([(encoded, lambda: records)])
             for key, value, record in zip(keys, values, records, strict=True):
                 self._cache[key] = (value, record)
 
@@ -835,9 +856,8 @@ class _WritebackShelf(Shelf):
                     i for i, (new, (_, old)) in enumerate(zip(records, entries, strict=True)) if new != old
                 ]
                 if changed:
-                    self._source.put_many(
-                        encode_keys([keys[i] for i in changed]), [records[i] for i in changed]
-                    )
+                    new_records = [records[i] for i in changed]
+                    self._source.put_many([(encode_keys([keys[i] for i in changed]), lambda: new_records)])
                 self._cache = {}
         super().sync()
 

@@ -45,7 +45,7 @@ import threading
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
@@ -70,6 +70,7 @@ __all__ = [
     "BATCH_BYTES",
     "BATCH_ITEMS",
     "DURABILITY",
+    "Chunk",
     "MAX_KEY_SIZE",
     "Options",
     "ReadTxn",
@@ -80,6 +81,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A run of keys and a function that returns their records. The records are
+# made when the chunk is written, and made again if the transaction has to be
+# replayed, so a bulk write keeps only one chunk of records in memory.
+Chunk = tuple[Sequence[bytes], Callable[[], Sequence[bytes]]]
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -163,7 +168,7 @@ class Storage(Protocol):
     def put(self, key: bytes, value: bytes) -> None: ...
     def delete(self, key: bytes) -> bool: ...
     def put_new(self, key: bytes, value: bytes) -> bytes | None: ...
-    def put_many(self, keys: Sequence[bytes], records: Sequence[bytes]) -> None: ...
+    def put_many(self, chunks: Iterable[Chunk]) -> None: ...
     def clear(self) -> None: ...
     def read(self) -> ReadTxn: ...
     def write(self) -> AbstractContextManager[WriteTxn]: ...
@@ -921,7 +926,7 @@ class WriteTxn(ReadTxn):
         self.blind = blind
         # Changes made at this level, in order, as (keys, records) runs; a record
         # None deletes its key, a key None empties the store.
-        self._log: list[tuple[Sequence[bytes | None], Sequence[bytes | None]]] = []
+        self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[bytes | None]]]] = []
         self._id = 0
         self._done = False
 
@@ -1042,8 +1047,8 @@ class WriteTxn(ReadTxn):
                 level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, db=env.data)  # type: ignore[union-attr]
             txn = level._txn
             assert txn is not None
-            for keys, records in level._log:
-                for key, record in zip(keys, records, strict=True):
+            for keys, make_records in level._log:
+                for key, record in zip(keys, make_records(), strict=True):
                     if key is None:
                         txn.drop(env.data, delete=False)
                     elif record is None:
@@ -1077,46 +1082,45 @@ class WriteTxn(ReadTxn):
 
     def put(self, key: bytes, value: bytes) -> None:
         self._write(lambda txn: txn.put(key, value), "store a value")
-        self._log.append(((key,), (value,)))
+        self._log.append(((key,), lambda: (value,)))
 
     def delete(self, key: bytes) -> bool:
         deleted = self._write(lambda txn: txn.delete(key), "delete a key")
         if deleted:
-            self._log.append(((key,), (None,)))
+            self._log.append(((key,), lambda: (None,)))
         return bool(deleted)
 
     def put_new(self, key: bytes, value: bytes) -> bytes | None:
         existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
         if existing is None:
-            self._log.append(((key,), (value,)))
+            self._log.append(((key,), lambda: (value,)))
         return existing
 
-    def put_many(self, keys: Sequence[bytes], records: Sequence[bytes]) -> None:
+    def put_many(self, chunks: Iterable[Chunk]) -> None:
         self._check_thread()
         txn = self._live()
-        done = 0
-        while True:
-            put = txn.put
-            try:
-                # Two parallel lists, not a list of pairs: zip reuses its tuple,
-                # so a bulk write allocates no container per pair (which would
-                # set off the garbage collector again and again).
-                for key, record in zip(keys, records, strict=True):
-                    put(key, record)
-                    done += 1
-            except lmdb.MapFullError:
-                self._log.append((keys[:done], records[:done]))
-                keys, records, done = keys[done:], records[done:], 0
-                txn = self._replay()
-                continue
-            except lmdb.Error as exc:
-                raise self._error(exc, "store values") from exc
-            self._log.append((keys, records))
-            return
+        for keys, make_records in chunks:
+            records = make_records()
+            while True:
+                put = txn.put
+                try:
+                    # Two parallel sequences, not a list of pairs: zip reuses its
+                    # tuple, so a bulk write allocates no container per pair.
+                    for key, record in zip(keys, records, strict=True):
+                        put(key, record)
+                except lmdb.MapFullError:
+                    # The replay restores everything before this chunk; then the
+                    # whole chunk is written again.
+                    txn = self._replay()
+                    continue
+                except lmdb.Error as exc:
+                    raise self._error(exc, "store values") from exc
+                self._log.append((keys, make_records))
+                break
 
     def clear(self) -> None:
         self._write(lambda txn: txn.drop(self._db, delete=False), "empty the store")
-        self._log.append(((None,), (None,)))
+        self._log.append(((None,), lambda: (None,)))
 
     def write(self) -> AbstractContextManager[WriteTxn]:
         """Context manager: a savepoint inside this transaction."""
@@ -1252,9 +1256,9 @@ class Store:
         env = self._environment
         return self._mutate(lambda txn: _put_new(txn, env.data, key, value), "store a value")
 
-    def put_many(self, keys: Sequence[bytes], records: Sequence[bytes]) -> None:
+    def put_many(self, chunks: Iterable[Chunk]) -> None:
         with self._write_txn(blind=True, action="store values") as txn:
-            txn.put_many(keys, records)
+            txn.put_many(chunks)
 
     def clear(self) -> None:
         with self._write_txn(blind=True, action="empty the store") as txn:
