@@ -26,7 +26,7 @@ import lmdb
 
 import objstore
 
-# objstore's LMDB settings (objstore/_storage.py): named database b"data",
+# objstore's LMDB settings (objstore/_storage.py): keys in the main database,
 # max_dbs=4, max_readers=1024, max_spare_txns=0, lib_version=0 at creation.
 FLOOR_MAP_SIZE = 1 << 30  # objstore's default initial map size on 64-bit
 LMDB_DURABILITY = {
@@ -141,7 +141,7 @@ class Floor(Adapter):
         if create:
             kwargs["lib_version"] = 0
         env = lmdb.open(path, **kwargs)
-        db = env.open_db(b"data", create=create and not readonly)
+        db = env.open_db()  # the main database, as objstore uses
         self._env, self._db = env, db
         begin = env.begin
         loads = pickle.loads

@@ -30,6 +30,7 @@ import weakref
 from collections.abc import (
     Callable,
     ItemsView,
+    Iterable,
     Iterator,
     KeysView,
     Mapping,
@@ -424,7 +425,7 @@ class _Writer(_Reader, MutableMapping[str, Any]):
                     raise KeyError(key)
                 return default
             # Loaded inside the transaction: if it cannot be loaded, nothing is removed.
-            value = self._value(key, record)
+            value = self._decode(record, key)
             txn.delete(encoded)
         return value
 
@@ -437,7 +438,7 @@ class _Writer(_Reader, MutableMapping[str, Any]):
                 raise KeyError("popitem(): the store is empty")
             raw_key, record = batch[0]
             key = raw_key.decode()
-            value = self._value(key, record)
+            value = self._decode(record, key)
             txn.delete(raw_key)
         return key, value
 
@@ -750,6 +751,11 @@ class _WritebackShelf(Shelf):
     as); `sync` pickles every cached object again and, in one transaction,
     stores those whose record changed. Keys only read are never written back,
     so a writeback shelf does not undo other processes' writes to them.
+
+    While its thread holds a transaction on the store, the shelf reads and
+    writes through that transaction like a plain shelf: it neither uses nor
+    fills the cache, and drops the cached entries of the keys it writes, so a
+    rolled-back transaction leaves nothing behind in the cache.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -757,7 +763,17 @@ class _WritebackShelf(Shelf):
         self._cache_lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
+    def _caching(self) -> bool:
+        return not self._source.in_transaction()
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        with self._cache_lock:
+            for key in keys:
+                self._cache.pop(key, None)
+
     def _value(self, key: str, record: bytes) -> Any:
+        if not self._caching():
+            return self._decode(record, key)
         with self._cache_lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -766,8 +782,13 @@ class _WritebackShelf(Shelf):
             self._cache[key] = (value, record)
             return value
 
+    def _cached(self, key: str) -> tuple[Any, bytes] | None:
+        if isinstance(key, str) and self._caching():
+            return self._cache.get(key)
+        return None
+
     def __getitem__(self, key: str) -> Any:
-        cached = self._cache.get(key) if isinstance(key, str) else None
+        cached = self._cached(key)
         if cached is not None:
             return cached[0]
         record = self._get(encode_key(key))
@@ -776,12 +797,16 @@ class _WritebackShelf(Shelf):
         return self._value(key, record)
 
     def get(self, key: str, default: Any = None) -> Any:
-        cached = self._cache.get(key) if isinstance(key, str) else None
+        cached = self._cached(key)
         if cached is not None:
             return cached[0]
         return super().get(key, default)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if not self._caching():
+            self._forget([key])
+            super().__setitem__(key, value)
+            return
         self._check_writable()
         encoded = encode_key(key)
         record = self._codec.encode(value, key)
@@ -809,6 +834,10 @@ class _WritebackShelf(Shelf):
     def update(self, other: Any = (), /, **kwds: Any) -> None:
         keys, values = _pairs(other, kwds)
         if not keys:
+            return
+        if not self._caching():
+            self._forget(keys)
+            super().update(zip(keys, values, strict=True))
             return
         self._check_writable()
         encoded = encode_keys(keys)

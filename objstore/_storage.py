@@ -20,7 +20,7 @@ It must never:
 
 On disk a store is a directory::
 
-    data.mdb          LMDB data file: named databases "meta" and "data"
+    data.mdb          LMDB data file: keys, values and the metadata record
     lock.mdb          LMDB reader table and writer mutex
     objstore.lock     maintenance lock (create, initialise, grow)
     objstore.openers  lock held by every process that has the store open
@@ -35,6 +35,7 @@ waits for them; single operations are short and simply retried.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
 import json
@@ -92,9 +93,12 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
-META_DB = b"meta"
-DATA_DB = b"data"
-META_KEY = b"objstore"
+# Keys and values live in LMDB's main database, whose handle needs no write
+# transaction to open (a named database's does, so opening would wait for
+# every writer). The metadata record lives beside them under a key no user key
+# can equal or pass: UTF-8 never contains the byte 0xff.
+META_KEY = b"\xffobjstore"
+USER_END = b"\xff"  # every user key sorts below it
 MAX_DBS = 4  # room for later named databases; every opener must pass the same
 MAX_READERS = 1024
 DEFAULT_MAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 1 << 26
@@ -170,6 +174,7 @@ class Storage(Protocol):
     def put_new(self, key: bytes, value: bytes) -> bytes | None: ...
     def put_many(self, chunks: Iterable[Chunk]) -> None: ...
     def clear(self) -> None: ...
+    def in_transaction(self) -> bool: ...
     def read(self) -> ReadTxn: ...
     def write(self) -> AbstractContextManager[WriteTxn]: ...
     def sync(self) -> None: ...
@@ -180,6 +185,10 @@ class Storage(Protocol):
 # ---------------------------------------------------------------- primitives
 # Operations on an open lmdb transaction, shared by single operations (each
 # in its own transaction) and by explicit transactions.
+
+
+def _count(txn: Txn, db: Any) -> int:
+    return int(txn.stat(db)["entries"]) - 1  # the metadata record
 
 
 def _contains(txn: Txn, db: Any, key: bytes) -> bool:
@@ -212,11 +221,12 @@ def _batch(
             return []
         walk = cursor.iternext(values=True) if values else cursor.iternext(values=False)
         batch: list[Any] = list(islice(walk, limit))
-        if hi is not None and batch:
+        if batch:
             # Keys sort before (key, record) pairs starting with them: bisect by (hi,).
-            batch = batch[: bisect_left(batch, (hi,) if values else hi)]
+            end = USER_END if hi is None else hi
+            batch = batch[: bisect_left(batch, (end,) if values else end)]
         return batch
-    bound = after if after is not None else hi
+    bound = after if after is not None else hi if hi is not None else USER_END
     # Start at the last key strictly below `bound`.
     positioned = cursor.last() if bound is None or not cursor.set_range(bound) else cursor.prev()
     if not positioned:
@@ -280,7 +290,9 @@ def _is_transient(exc: BaseException) -> bool:
 # ------------------------------------------------------------- environment
 
 _registry: dict[str, _Environment] = {}
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
+_kept_forever: list[object] = []
+_FORK_WAIT = 1.0  # seconds fork() waits for other threads' write transactions to end
 
 
 class _Environment:
@@ -292,9 +304,14 @@ class _Environment:
         self.writable = writable
         self.pid = os.getpid()
         self.lmdb_env: lmdb.Environment | None = None
-        self.data: Any = None
-        self.meta: Any = None
+        self.data: Any = None  # the main database's handle
+        self.meta_record = b""
         self.settings: dict[str, Any] = {}
+        # Set in a forked child when another thread of the parent still held a
+        # write transaction at the fork (see before_fork): the child cannot use
+        # the store.
+        self.orphaned = False
+        self._readers_checked = time.monotonic()
         self.handles = 0
         self.closed = False
         self.openers: _lock.OpenersLock | None = None
@@ -305,12 +322,13 @@ class _Environment:
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
         self._resizing = False
+        self._fork_pending = False
         # Weak, so a snapshot the caller forgot to close still frees its reader slot.
         self._long_lived: weakref.WeakSet[ReadTxn] = weakref.WeakSet()
 
     # -- opening
 
-    def open_lmdb(self, create: bool) -> None:
+    def open_lmdb(self, create: bool, past_inherited: bool = False) -> None:
         """Open the LMDB environment (creating the data file if `create`) and check it."""
         flags = DURABILITY[self.options.durability]
         kwargs: dict[str, Any] = {
@@ -331,10 +349,19 @@ class _Environment:
         if create:
             # Never let LMDB_DEFAULT_LIB_VERSION create a format older readers cannot open.
             kwargs["lib_version"] = 0
-        try:
-            env = lmdb.open(self.path, **kwargs)
-        except lmdb.Error as exc:
-            raise translate(exc, self.path, "open the store") from exc
+        for _ in range(_ATTEMPTS):
+            try:
+                if past_inherited:
+                    env = _open_past_inherited(self.path, kwargs)
+                else:
+                    env = lmdb.open(self.path, **kwargs)
+                break
+            except lmdb.MapResizedError:
+                continue  # another process grew the map while py-lmdb opened it: adopt the new size
+            except lmdb.Error as exc:
+                raise translate(exc, self.path, "open the store") from exc
+        else:
+            raise StoreError(f"cannot open {self.path!r}: its map kept growing while it was opened")
         try:
             _check_size(env, self.path)
             env.reader_check()
@@ -352,55 +379,108 @@ class _Environment:
     def open_databases(
         self, flag: str, settings: dict[str, Any], check: Callable[[str, dict[str, Any]], None]
     ) -> None:
-        """Open the named databases, initialising a new store; empty it in place for flag 'n'."""
+        """Read (or, for a new store, write) the metadata; empty the store in place for flag 'n'.
+
+        Reading needs no write transaction, so opening never waits for writers;
+        only creating a store and flag 'n' do.
+        """
         env = self.lmdb_env
         assert env is not None
         try:
-            if not self.writable:
-                try:
-                    self.meta = env.open_db(META_DB, create=False)
-                    self.data = env.open_db(DATA_DB, create=False)
-                except lmdb.NotFoundError:
-                    raise _uninitialised(self.path) from None
-                with env.begin() as txn:
-                    self.settings = _read_meta(txn.get(META_KEY, db=self.meta), self.path)
-                check(self.path, self.settings)
-                return
-            # Named-database handles only outlive their transaction when it is a
-            # committed write transaction.
-            with env.begin(write=True) as txn:
-                try:
-                    self.meta = env.open_db(META_DB, txn=txn, create=False)
-                    raw = txn.get(META_KEY, db=self.meta)
-                except lmdb.NotFoundError:
-                    raw = None
-                if raw is None:
-                    if flag == "r":
-                        raise _uninitialised(self.path)
-                    _check_empty_main(txn, self.path)
-                    self.meta = env.open_db(META_DB, txn=txn, create=True)
-                    raw = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True).encode()
-                    txn.put(META_KEY, raw, db=self.meta)
-                self.settings = _read_meta(raw, self.path)
-                check(self.path, self.settings)
-                self.data = env.open_db(DATA_DB, txn=txn, create=True)
-                if flag == "n":
-                    txn.drop(self.data, delete=False)
+            self.data = env.open_db()
+            raw = self._fresh(False, lambda txn: txn.get(META_KEY))
+            if raw is None:
+                if flag == "r" or not self.writable:
+                    raise _uninitialised(self.path)
+                raw = self._fresh(True, lambda txn: _initialise(txn, self.data, self.path, settings))
+            self.settings = _read_meta(raw, self.path)
+            self.meta_record = raw
+            check(self.path, self.settings)
+            if flag == "n":
+                self._fresh(True, self.empty)
         except lmdb.Error as exc:
             raise translate(exc, self.path, "open the store") from exc
 
+    def _fresh(self, write: bool, fn: Callable[[Txn], T]) -> T:
+        """Run `fn` in a transaction of the environment being opened (nothing else uses it yet)."""
+        env = self.lmdb_env
+        assert env is not None
+        for _ in range(_ATTEMPTS):
+            try:
+                with env.begin(write=write, db=self.data) as txn:
+                    return fn(txn)
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # another process grew the map since we opened it
+        raise StoreError(f"cannot open {self.path!r}: its map kept growing while it was opened")
+
+    def empty(self, txn: Txn) -> None:
+        """Remove every key, in `txn`, keeping the metadata."""
+        txn.drop(self.data, delete=False)
+        txn.put(META_KEY, self.meta_record)
+
     # -- fork
 
+    def before_fork(self) -> None:
+        """Let other threads' write transactions finish (briefly) and hold new ones off.
+
+        A forked child must never free the write transaction of a thread that
+        does not exist in it (py-lmdb hangs), and py-lmdb refuses a second
+        environment on the files while it lives. A child that inherits one
+        anyway keeps it forever and opens its own environment past that guard
+        (see `_open_past_inherited`); fork() first gives short transactions
+        the chance to end, so that this is rarely needed.
+        """
+        me = threading.get_ident()
+        deadline = time.monotonic() + _FORK_WAIT
+        with self._guard:
+            self._fork_pending = True
+            while self._other_writers(me) and time.monotonic() < deadline:
+                self._guard.wait(0.01)
+
+    def _other_writers(self, me: int) -> bool:
+        # Registered before they begin, so a transaction being begun counts too.
+        return any(
+            isinstance(t, WriteTxn) and t.thread != me and t._txn is not None for t in self._long_lived
+        ) or any(thread != me for thread in self.writers)
+
+    def after_fork_in_parent(self) -> None:
+        with self._guard:
+            self._fork_pending = False
+            self._guard.notify_all()
+
+    def wait_for_fork(self) -> None:
+        """Before a new write transaction: wait while another thread is forking."""
+        if self._fork_pending:
+            with self._guard:
+                while self._fork_pending:
+                    self._guard.wait(0.05)
+
     def forget(self) -> None:
-        """Drop every LMDB object inherited from the parent, without calling it (fork child)."""
-        self.lmdb_env = self.data = self.meta = None
+        """Drop the LMDB objects inherited from the parent, without calling them (fork child)."""
+        me = threading.get_ident()
+        self.orphaned = self._other_writers(me)
+        if self.orphaned:
+            # Write transactions of threads that do not exist here: never free them.
+            _keep_forever(self.lmdb_env)
+            for txn in self._long_lived:
+                if isinstance(txn, WriteTxn) and txn.thread != me:
+                    level: WriteTxn | None = txn
+                    while level is not None:
+                        _keep_forever(level._txn)
+                        level = level.parent
+        own = self.writers.get(me)
+        while own is not None:
+            own.forget()
+            own = own.parent
+        self.lmdb_env = self.data = None
         self.writers = {}
+        for txn in list(self._long_lived):
+            if txn.thread == me or not isinstance(txn, WriteTxn):
+                txn.forget()
+        self._long_lived = weakref.WeakSet()
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
-        self._resizing = False
-        for txn in self._long_lived:
-            txn.forget()
-        self._long_lived = weakref.WeakSet()
+        self._resizing = self._fork_pending = False
 
     def reopen(self) -> None:
         """Reopen after fork, in the child, on first use."""
@@ -411,7 +491,7 @@ class _Environment:
                 raise ClosedError("the store was closed")
             gc.collect()
             try:
-                self.open_lmdb(create=False)
+                self.open_lmdb(create=False, past_inherited=self.orphaned)
             except StoreError as exc:
                 if "already open" in str(exc):
                     raise TransactionError(
@@ -464,9 +544,16 @@ class _Environment:
         return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
     def ensure_headroom(self) -> None:
-        """Grow before a transaction that cannot simply be rerun, while growing is cheap."""
+        """Before a transaction that cannot simply be rerun: grow while growing is cheap, and
+        reclaim the reader slots of dead processes (at most once a second), which pin pages."""
         env = self.lmdb_env
-        if env is not None and self.writable and self.used_bytes() * 2 > env.info()["map_size"]:
+        if env is None or not self.writable:
+            return
+        now = time.monotonic()
+        if now - self._readers_checked > 1.0:
+            self._readers_checked = now
+            env.reader_check()
+        if self.used_bytes() * 2 > env.info()["map_size"]:
             self.grow()
 
     def grow(self) -> None:
@@ -477,6 +564,7 @@ class _Environment:
         with self._resize_lock:
             if env.info()["map_size"] > seen:
                 return  # another thread of this process grew it meanwhile
+            env.reader_check()  # slots of dead readers pin pages that could be reused instead
             target = max(2 * seen, 2 * self.used_bytes())
             if target > MAX_MAP_SIZE:
                 raise StoreError(f"the store {self.path!r} cannot grow beyond {MAX_MAP_SIZE} bytes of map")
@@ -553,7 +641,7 @@ class _Environment:
             if _registry.get(self.path) is self:
                 del _registry[self.path]
             env, self.lmdb_env = self.lmdb_env, None
-            self.data = self.meta = None
+            self.data = None
             try:
                 if env is not None and self.pid == os.getpid():
                     try:
@@ -586,12 +674,17 @@ def _uninitialised(path: str) -> StoreError:
     )
 
 
-def _check_empty_main(txn: Txn, path: str) -> None:
-    names = {key for key, _ in txn.cursor()}
-    if names - {META_DB, DATA_DB}:
-        raise NotAStoreError(
-            f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
-        )
+def _initialise(txn: Txn, db: Any, path: str, settings: dict[str, Any]) -> bytes:
+    """Write the metadata record of a new store in `txn` (unless a racing opener did); return it."""
+    raw = txn.get(META_KEY)
+    if raw is None:
+        if txn.stat(db)["entries"]:
+            raise NotAStoreError(
+                f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
+            )
+        raw = json.dumps({"format": FORMAT_VERSION, **settings}, sort_keys=True).encode()
+        txn.put(META_KEY, raw)
+    return raw
 
 
 def _read_meta(raw: bytes | None, path: str) -> dict[str, Any]:
@@ -659,15 +752,13 @@ def _peek(path: str, lock: bool) -> None:
     try:
         _check_size(env, path)
         with env.begin() as txn:
-            names = {key for key, _ in txn.cursor()}
-        if names - {META_DB, DATA_DB}:
-            raise NotAStoreError(
-                f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
-            )
-        if META_DB in names:
-            meta = env.open_db(META_DB, create=False)
-            with env.begin() as txn:
-                _read_meta(txn.get(META_KEY, db=meta), path)
+            raw = txn.get(META_KEY)
+            if raw is None and txn.stat(env.open_db())["entries"]:
+                raise NotAStoreError(
+                    f"{path!r} is an LMDB environment that objstore did not create; refusing to modify it"
+                )
+        if raw is not None:
+            _read_meta(raw, path)
     except lmdb.Error as exc:
         raise translate(exc, path, "open the store") from exc
     finally:
@@ -768,15 +859,15 @@ def open_store(
     real = os.path.realpath(path)
     with _registry_lock:
         environment = _registry.get(real)
-        if environment is not None and environment.pid != os.getpid():
-            environment = None  # pragma: no cover - the fork hook resets the registry
+        if environment is not None and (environment.lmdb_env is None or environment.pid != os.getpid()):
+            environment.reopen()  # inherited across fork: reopen it, do not open a second one
         if environment is None:
             environment = _open_environment(real, flag, options, settings, check)
             _registry[real] = environment
         else:
             _check_compatible(environment, flag, options)
             if flag == "n":
-                environment.run(lambda txn: txn.drop(environment.data, delete=False), True, "empty the store")
+                environment.run(environment.empty, True, "empty the store")
         environment.handles += 1
     return Store(environment, readonly=flag == "r")
 
@@ -800,9 +891,51 @@ def _check_compatible(environment: _Environment, flag: str, options: Options) ->
         )
 
 
+def _keep_forever(obj: object) -> None:
+    """Make sure `obj` is never freed, not even when the interpreter exits (see `before_fork`)."""
+    if obj is not None:
+        _kept_forever.append(obj)
+        try:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+        except (AttributeError, OSError):  # pragma: no cover - not CPython
+            pass
+
+
+def _open_past_inherited(path: str, kwargs: dict[str, Any]) -> lmdb.Environment:
+    """Open an environment while inherited, never-to-be-used handles on its files live (fork child).
+
+    py-lmdb refuses a second environment on one set of files in one process,
+    because closing either would drop LMDB's fcntl locks for both. The handles
+    this child inherited are kept forever (`_keep_forever`): never used,
+    closed or freed, and holding no fcntl lock here (those are not inherited).
+    So the guard is safely passed, for this one open, by giving py-lmdb's file
+    identity function a key of its own. If py-lmdb stops looking that function
+    up, the guard refuses as before, and the caller reports it.
+    """
+    from lmdb import _envid
+
+    original = _envid.env_keys
+    _envid.env_keys = lambda *args: (("objstore fork child", os.getpid(), path),)
+    try:
+        return lmdb.open(path, **kwargs)
+    finally:
+        _envid.env_keys = original
+
+
+def _before_fork() -> None:
+    for environment in list(_registry.values()):
+        if environment.pid == os.getpid() and environment.lmdb_env is not None:
+            environment.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for environment in list(_registry.values()):
+        environment.after_fork_in_parent()
+
+
 def _after_fork_in_child() -> None:
     global _registry_lock
-    _registry_lock = threading.Lock()
+    _registry_lock = threading.RLock()
     for environment in _registry.values():
         environment.forget()
     _lock.reset_after_fork()
@@ -810,7 +943,9 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )
 
 
 # ------------------------------------------------------------ transactions
@@ -864,8 +999,9 @@ class ReadTxn:
             raise ClosedError("the transaction or snapshot is closed")
         if self.expired:
             raise TransactionError(
-                "this snapshot ended because this thread had to grow the store while it was open; "
-                "open a new snapshot"
+                "this snapshot ended because the store's map had to grow while it was open (the "
+                "growth waited for it up to the timeout, or was made by this same thread); open a "
+                "new snapshot"
             )
         return txn
 
@@ -894,7 +1030,7 @@ class ReadTxn:
         return self._call(lambda txn: _contains(txn, self._db, key), "read")
 
     def count(self) -> int:
-        return self._call(lambda txn: txn.stat(self._db)["entries"], "count keys")
+        return self._call(lambda txn: _count(txn, self._db), "count keys")
 
     def batch(
         self,
@@ -935,6 +1071,7 @@ class WriteTxn(ReadTxn):
     def _begin(self) -> None:
         env = self._environment
         if self.parent is None:
+            env.wait_for_fork()
             env.ensure_headroom()
             for attempt in range(_ATTEMPTS + 1):
                 env.register(self)
@@ -995,6 +1132,10 @@ class WriteTxn(ReadTxn):
     def end(self) -> None:
         self.abort()
 
+    def _call(self, fn: Callable[[Txn], T], action: str) -> T:
+        self._check_thread()
+        return super()._call(fn, action)
+
     def _check_thread(self) -> None:
         if threading.get_ident() != self.thread:
             raise TransactionError(
@@ -1050,7 +1191,7 @@ class WriteTxn(ReadTxn):
             for keys, make_records in level._log:
                 for key, record in zip(keys, make_records(), strict=True):
                     if key is None:
-                        txn.drop(env.data, delete=False)
+                        env.empty(txn)
                     elif record is None:
                         txn.delete(key)
                     else:
@@ -1071,12 +1212,6 @@ class WriteTxn(ReadTxn):
             except lmdb.Error as exc:
                 raise self._error(exc, action) from exc
         raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- reads see this transaction's own writes
-
-    def get(self, key: bytes) -> bytes | None:
-        self._check_thread()
-        return super().get(key)
 
     # -- writes
 
@@ -1119,7 +1254,7 @@ class WriteTxn(ReadTxn):
                 break
 
     def clear(self) -> None:
-        self._write(lambda txn: txn.drop(self._db, delete=False), "empty the store")
+        self._write(self._environment.empty, "empty the store")
         self._log.append(((None,), lambda: (None,)))
 
     def write(self) -> AbstractContextManager[WriteTxn]:
@@ -1165,6 +1300,10 @@ class Store:
         if env.writers:
             return env.writers.get(threading.get_ident())
         return None
+
+    def in_transaction(self) -> bool:
+        """Whether this thread holds a write transaction on the store (which its operations join)."""
+        return self._joined() is not None
 
     def _joined_writer(self, action: str) -> WriteTxn | None:
         if self.readonly:
@@ -1226,7 +1365,7 @@ class Store:
         if joined is not None:
             return joined.count()
         db = self._environment.data
-        return self._read(lambda txn: txn.stat(db)["entries"], "count keys")
+        return self._read(lambda txn: _count(txn, db), "count keys")
 
     def batch(
         self,

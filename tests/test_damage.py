@@ -291,14 +291,11 @@ class TestNotAStore:
 def rewrite_metadata(path: Path, change: Callable[[dict[str, Any]], Any]) -> None:
     """Rewrite the store's metadata record with plain lmdb, as another program would."""
     env = lmdb.open(str(path), max_dbs=4)
-    meta = env.open_db(b"meta")
     with env.begin(write=True) as txn:
-        record = json.loads(txn.get(b"objstore", db=meta))
+        record = json.loads(txn.get(b"\xffobjstore"))
         replacement = change(record)
         txn.put(
-            b"objstore",
-            replacement if isinstance(replacement, bytes) else json.dumps(record).encode(),
-            db=meta,
+            b"\xffobjstore", replacement if isinstance(replacement, bytes) else json.dumps(record).encode()
         )
     env.close()
 
