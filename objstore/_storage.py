@@ -491,13 +491,21 @@ class _Environment:
                 raise ClosedError("the store was closed")
             gc.collect()
             try:
-                self.open_lmdb(create=False, past_inherited=self.orphaned)
+                try:
+                    self.open_lmdb(create=False, past_inherited=self.orphaned)
+                except StoreError as exc:
+                    if "already open" not in str(exc):
+                        raise
+                    # An inherited object objstore does not hold is alive: one in
+                    # the frame of a thread that was mid-operation at the fork
+                    # (such frames are never freed in the child).
+                    self.open_lmdb(create=False, past_inherited=True)
             except StoreError as exc:
                 if "already open" in str(exc):
                     raise TransactionError(
                         f"cannot reopen {self.path!r} in this forked process: an LMDB object of the "
-                        "parent is still alive here. Close snapshots, transactions and iterators "
-                        "before forking, or use the 'spawn' or 'forkserver' start method"
+                        "parent is still alive here and this py-lmdb refuses a second environment; "
+                        "use the 'spawn' or 'forkserver' start method"
                     ) from exc
                 raise
             self.open_databases("w" if self.writable else "r", {}, lambda path, settings: None)
