@@ -96,9 +96,10 @@ MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
 # Keys and values live in LMDB's main database, whose handle needs no write
 # transaction to open (a named database's does, so opening would wait for
 # every writer). The metadata record lives beside them under a key no user key
-# can equal or pass: UTF-8 never contains the byte 0xff.
-META_KEY = b"\xffobjstore"
-USER_END = b"\xff"  # every user key sorts below it
+# can equal, because UTF-8 never contains the byte 0xff. It sorts before nearly
+# every user key: keys appended in order then fill LMDB's pages (an insert
+# before a last key would split them half full).
+META_KEY = b"\x00\xffobjstore"
 MAX_DBS = 4  # room for later named databases; every opener must pass the same
 MAX_READERS = 1024
 DEFAULT_MAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 1 << 26
@@ -209,7 +210,8 @@ def _batch(
     """The next `limit` keys (or (key, record) pairs) of [lo, hi), after `after`, in order.
 
     Built by LMDB's cursor iterator, ``islice`` and ``bisect``, all in C: a
-    batch costs about as much as the bare cursor walk.
+    batch costs about as much as the bare cursor walk. One item more than
+    `limit` is read, so that leaving the metadata record out still fills it.
     """
     cursor = txn.cursor(db)
     if not reverse:
@@ -220,24 +222,34 @@ def _batch(
         if not positioned:
             return []
         walk = cursor.iternext(values=True) if values else cursor.iternext(values=False)
-        batch: list[Any] = list(islice(walk, limit))
-        if batch:
+        batch: list[Any] = list(islice(walk, limit + 1))
+        _drop_meta(batch, values)
+        if hi is not None and batch:
             # Keys sort before (key, record) pairs starting with them: bisect by (hi,).
-            end = USER_END if hi is None else hi
-            batch = batch[: bisect_left(batch, (end,) if values else end)]
+            del batch[bisect_left(batch, (hi,) if values else hi) :]
+        del batch[limit:]
         return batch
-    bound = after if after is not None else hi if hi is not None else USER_END
+    bound = after if after is not None else hi
     # Start at the last key strictly below `bound`.
     positioned = cursor.last() if bound is None or not cursor.set_range(bound) else cursor.prev()
     if not positioned:
         return []
     walk = cursor.iterprev(values=True) if values else cursor.iterprev(values=False)
-    batch = list(islice(walk, limit))
+    batch = list(islice(walk, limit + 1))
+    batch.reverse()  # ascending, to bisect
+    _drop_meta(batch, values)
     if lo is not None and batch:
-        batch.reverse()
-        batch = batch[bisect_left(batch, (lo,) if values else lo) :]
-        batch.reverse()
+        del batch[: bisect_left(batch, (lo,) if values else lo)]
+    del batch[: max(0, len(batch) - limit)]
+    batch.reverse()
     return batch
+
+
+def _drop_meta(batch: list[Any], values: bool) -> None:
+    """Remove the metadata record from an ascending `batch`, if it is there."""
+    i = bisect_left(batch, (META_KEY,) if values else META_KEY)
+    if i < len(batch) and (batch[i][0] if values else batch[i]) == META_KEY:
+        del batch[i]
 
 
 def _put_new(txn: Txn, db: Any, key: bytes, value: bytes) -> bytes | None:

@@ -292,10 +292,11 @@ def rewrite_metadata(path: Path, change: Callable[[dict[str, Any]], Any]) -> Non
     """Rewrite the store's metadata record with plain lmdb, as another program would."""
     env = lmdb.open(str(path), max_dbs=4)
     with env.begin(write=True) as txn:
-        record = json.loads(txn.get(b"\xffobjstore"))
+        record = json.loads(txn.get(b"\x00\xffobjstore"))
         replacement = change(record)
         txn.put(
-            b"\xffobjstore", replacement if isinstance(replacement, bytes) else json.dumps(record).encode()
+            b"\x00\xffobjstore",
+            replacement if isinstance(replacement, bytes) else json.dumps(record).encode(),
         )
     env.close()
 

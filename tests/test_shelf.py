@@ -1272,3 +1272,60 @@ class TestIterationHoldsNoTransaction:
             assert not errors
             assert count == 2 * BATCH
             assert len(db) == 2 * BATCH + 200
+
+
+class TestKeysBesideTheMetadataRecord:
+    """The store's metadata record sorts among keys starting with "\\x00": it never shows."""
+
+    KEYS = [
+        "\x00",
+        "\x00\x00",
+        "\x00\x01",
+        "\x00\x7f",
+        "\x00\x80",
+        "\x00ÿ",
+        "\x00\U0010ffff",
+        "\x01",
+        "a",
+        "ÿ",
+    ]
+
+    def test_ordered_access_around_it(self, shelf: objstore.Shelf) -> None:
+        shelf.update({key: i for i, key in enumerate(self.KEYS)})
+        expected = sorted(self.KEYS)
+        assert len(shelf) == len(expected)
+        assert list(shelf) == expected
+        assert list(shelf.iterkeys(reverse=True)) == expected[::-1]
+        assert [k for k, _ in shelf.items()] == expected
+        assert list(shelf.iterkeys("\x00")) == [k for k in expected if k.startswith("\x00")]
+        assert (
+            list(shelf.iterkeys("\x00", reverse=True)) == [k for k in expected if k.startswith("\x00")][::-1]
+        )
+        assert list(shelf.iterkeys(start="\x00\x7f", stop="\x01")) == [
+            k for k in expected if "\x00\x7f" <= k < "\x01"
+        ]
+        assert shelf.first() == ("\x00", 0)
+        assert shelf.last() == ("ÿ", self.KEYS.index("ÿ"))
+        assert shelf.first("\x00\x80")[0] == "\x00\x80"
+
+    def test_batches_around_it(self, shelf: objstore.Shelf) -> None:
+        keys = [f"\x00{chr(c)}" for c in range(1, 0x300)] + [f"k{i:04d}" for i in range(2000)]
+        shelf.update(dict.fromkeys(keys, 1))
+        assert list(shelf) == sorted(keys)
+        assert list(shelf.iterkeys(reverse=True)) == sorted(keys, reverse=True)
+        assert [k for k, _ in shelf.iteritems(reverse=True)] == sorted(keys, reverse=True)
+
+    def test_popitem_and_clear_leave_it(self, shelf: objstore.Shelf) -> None:
+        shelf.update({"\x00": 1, "\x01": 2})
+        assert shelf.popitem() == ("\x00", 1)
+        assert shelf.popitem() == ("\x01", 2)
+        with pytest.raises(KeyError):
+            shelf.popitem()
+        shelf["x"] = 1
+        shelf.clear()
+        assert len(shelf) == 0 and list(shelf) == []
+        shelf["y"] = 2
+        path = shelf.path
+        shelf.close()
+        with objstore.open(path, "r") as again:
+            assert dict(again) == {"y": 2}
