@@ -43,6 +43,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from itertools import count
 from typing import Any
@@ -75,6 +76,8 @@ __all__ = [
 KIND_PICKLE = 1
 _KIND_BYTE = bytes([KIND_PICKLE])
 _trailer = struct.Struct("<BI").pack  # kind, CRC-32
+LARGE = 1 << 16  # values at least this big (by sys.getsizeof) are pickled into a buffer
+Record = bytes | memoryview  # what encode returns; LMDB takes either
 TRAILER_SIZE = 5
 CRC_RESIDUE = 0x2144DF1C
 
@@ -126,6 +129,14 @@ def loads(
     return unpickler.load()
 
 
+def _shallow_size(value: Any) -> int:
+    """`sys.getsizeof`, which counts the data of bytes, strings and NumPy arrays; 0 if it fails."""
+    try:
+        return sys.getsizeof(value)
+    except Exception:
+        return 0
+
+
 def _add_note(exc: BaseException, note: str) -> None:
     # BaseException.add_note is new in 3.11; on 3.10 the note is kept where
     # 3.11+ tracebacks would show it.
@@ -172,27 +183,36 @@ class Codec:
         self._stock_pickler = pickler is Pickler
         self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
 
-    def _dump_with_class(self, obj: Any) -> bytes:
-        buffer = io.BytesIO()
-        self.pickler(buffer, self.protocol).dump(obj)
-        return buffer.getvalue()
-
     def _load_with_class(self, record: bytes) -> Any:
         return self.unpickler(io.BytesIO(record)).load()
 
-    def encode(self, value: Any, key: str) -> bytes:
+    def encode(self, value: Any, key: str) -> Record:
         """Return the record for `value`; pickling errors carry a note naming `key`."""
         try:
-            if self._stock_pickler:
+            if self._stock_pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
-            else:
-                payload = self._dump_with_class(value)
+                return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
+            return self._encode_in_buffer(value)
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
-        return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
 
-    def encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[bytes]:
+    def _encode_in_buffer(self, value: Any) -> memoryview:
+        """The record of `value`, pickled into a buffer that the trailer is then appended to.
+
+        For large values this is several times faster than ``pickle.dumps``,
+        which grows and copies its own output buffer, and the record is never
+        copied again: LMDB is handed a view of the buffer.
+        """
+        buffer = io.BytesIO()
+        self.pickler(buffer, self.protocol).dump(value)
+        buffer.write(_KIND_BYTE)
+        with buffer.getbuffer() as body:
+            crc = crc32(body)
+        buffer.write(crc.to_bytes(4, "little"))
+        return buffer.getbuffer()
+
+    def encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
         """Return the records of `values` (named by `keys` in errors)."""
         if not self._stock_pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]

@@ -50,6 +50,7 @@ from ._serialize import (
     TRAILER_SIZE,
     Codec,
     Pickler,
+    Record,
     Unpickler,
     crc32,
     is_intact,
@@ -759,7 +760,7 @@ class _WritebackShelf(Shelf):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._cache: dict[str, tuple[Any, bytes]] = {}
+        self._cache: dict[str, tuple[Any, Record]] = {}
         self._cache_lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
@@ -782,7 +783,7 @@ class _WritebackShelf(Shelf):
             self._cache[key] = (value, record)
             return value
 
-    def _cached(self, key: str) -> tuple[Any, bytes] | None:
+    def _cached(self, key: str) -> tuple[Any, Record] | None:
         if isinstance(key, str) and self._caching():
             return self._cache.get(key)
         return None

@@ -82,10 +82,11 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+Value = bytes | memoryview  # a value to store: LMDB copies any contiguous buffer
 # A run of keys and a function that returns their records. The records are
 # made when the chunk is written, and made again if the transaction has to be
 # replayed, so a bulk write keeps only one chunk of records in memory.
-Chunk = tuple[Sequence[bytes], Callable[[], Sequence[bytes]]]
+Chunk = tuple[Sequence[bytes], Callable[[], Sequence[Value]]]
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -170,9 +171,9 @@ class Storage(Protocol):
         after: bytes | None,
         limit: int = ...,
     ) -> list[Any]: ...
-    def put(self, key: bytes, value: bytes) -> None: ...
+    def put(self, key: bytes, value: Value) -> None: ...
     def delete(self, key: bytes) -> bool: ...
-    def put_new(self, key: bytes, value: bytes) -> bytes | None: ...
+    def put_new(self, key: bytes, value: Value) -> bytes | None: ...
     def put_many(self, chunks: Iterable[Chunk]) -> None: ...
     def clear(self) -> None: ...
     def in_transaction(self) -> bool: ...
@@ -252,7 +253,7 @@ def _drop_meta(batch: list[Any], values: bool) -> None:
         del batch[i]
 
 
-def _put_new(txn: Txn, db: Any, key: bytes, value: bytes) -> bytes | None:
+def _put_new(txn: Txn, db: Any, key: bytes, value: Value) -> bytes | None:
     existing = txn.get(key, db=db)
     if existing is None:
         txn.put(key, value, db=db)
@@ -1082,7 +1083,7 @@ class WriteTxn(ReadTxn):
         self.blind = blind
         # Changes made at this level, in order, as (keys, records) runs; a record
         # None deletes its key, a key None empties the store.
-        self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[bytes | None]]]] = []
+        self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
         self._id = 0
         self._done = False
 
@@ -1235,7 +1236,7 @@ class WriteTxn(ReadTxn):
 
     # -- writes
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: Value) -> None:
         self._write(lambda txn: txn.put(key, value), "store a value")
         self._log.append(((key,), lambda: (value,)))
 
@@ -1245,7 +1246,7 @@ class WriteTxn(ReadTxn):
             self._log.append(((key,), lambda: (None,)))
         return bool(deleted)
 
-    def put_new(self, key: bytes, value: bytes) -> bytes | None:
+    def put_new(self, key: bytes, value: Value) -> bytes | None:
         existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
         if existing is None:
             self._log.append(((key,), lambda: (value,)))
@@ -1351,7 +1352,7 @@ class Store:
             env.recover(exc, 0, "read")
         return self._read(lambda txn: txn.get(key), "read")
 
-    def put(self, key: bytes, value: bytes) -> None:
+    def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
             raise _read_only(self.path, "store a value")
         env = self._environment
@@ -1408,7 +1409,7 @@ class Store:
             return joined.delete(key)
         return bool(self._mutate(lambda txn: txn.delete(key), "delete a key"))
 
-    def put_new(self, key: bytes, value: bytes) -> bytes | None:
+    def put_new(self, key: bytes, value: Value) -> bytes | None:
         joined = self._joined_writer("store a value")
         if joined is not None:
             return joined.put_new(key, value)

@@ -14,7 +14,7 @@ import os
 import pickle
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1329,3 +1329,56 @@ class TestKeysBesideTheMetadataRecord:
         shelf.close()
         with objstore.open(path, "r") as again:
             assert dict(again) == {"y": 2}
+
+
+class TestLargeValues:
+    """Values of 64 KiB and more take the buffered pickling path; they behave like any other."""
+
+    BIG = {
+        "bytes": b"\x01\x02" * (1 << 19),
+        "str": "é" * (1 << 18),
+        "bytearray": bytearray(range(256)) * 1024,
+        "list": list(range(100_000)),
+    }
+
+    def test_round_trip_through_every_write_path(self, shelf: objstore.Shelf) -> None:
+        for name, value in self.BIG.items():
+            shelf[name] = value
+        shelf.update({f"u-{name}": value for name, value in self.BIG.items()})
+        with shelf.transaction() as txn:
+            for name, value in self.BIG.items():
+                txn[f"t-{name}"] = value
+        for name, value in self.BIG.items():
+            for key in (name, f"u-{name}", f"t-{name}"):
+                assert shelf[key] == value and type(shelf[key]) is type(value)
+        assert shelf.verify() == []
+
+    def test_edit_and_setdefault(self, shelf: objstore.Shelf) -> None:
+        shelf["blob"] = bytearray(1 << 17)
+        with shelf.edit("blob") as blob:
+            blob[0] = 7
+        assert shelf["blob"][0] == 7
+        assert shelf.setdefault("other", b"x" * (1 << 17)) == b"x" * (1 << 17)
+        assert shelf.setdefault("other", b"y") == b"x" * (1 << 17)
+
+    def test_writeback_writes_back_only_when_changed(self, path: Path) -> None:
+        with objstore.open(path) as db:
+            db["blob"] = bytearray(1 << 17)
+        with objstore.open(path, writeback=True) as db:
+            db["blob"][5] = 9
+            assert db["blob"][5] == 9
+        with objstore.open(path, "r") as db:
+            assert db["blob"][5] == 9
+
+    def test_damage_is_detected(self, path: Path, damage_record: Callable[[Path, object, int], int]) -> None:
+        value = b"\xab" * (1 << 17)
+        with objstore.open(path) as db:
+            db["big"] = value
+            db["small"] = 1
+        damage_record(path, value, 1 << 16)
+        with objstore.open(path, "r") as db:
+            with pytest.raises(objstore.CorruptError) as caught:
+                db["big"]
+            assert caught.value.key == "big"
+            assert db["small"] == 1
+            assert db.verify() == ["big"]
