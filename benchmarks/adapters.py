@@ -26,7 +26,7 @@ import lmdb
 
 import objstore
 
-# objstore's LMDB settings (objstore/_storage.py): keys in the main database,
+# objstore's LMDB settings (objstore/_storage/): keys in the main database,
 # max_dbs=4, max_readers=1024, max_spare_txns=0, lib_version=0 at creation.
 FLOOR_MAP_SIZE = 1 << 30  # objstore's default initial map size on 64-bit
 LMDB_DURABILITY = {

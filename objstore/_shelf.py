@@ -590,7 +590,40 @@ class Shelf(_Writer):
     A complete ``MutableMapping`` that also offers what ``shelve`` lacks:
     `transaction`, `snapshot`, `modify`, `edit` and ordered access (`iterkeys`,
     `iteritems`, `itervalues`, `first`, `last`). Open one with `objstore.open`,
-    which takes the same arguments as this constructor.
+    which takes the same arguments as this constructor:
+
+    path
+        A directory holding one store (created, with its parents, if missing).
+    flag
+        ``"r"`` read-only, ``"w"`` read-write (both: the store must exist),
+        ``"c"`` read-write, creating the store if missing (the default),
+        ``"n"`` read-write, always starting empty (emptied in place).
+    protocol
+        Pickle protocol for writes; default ``pickle.HIGHEST_PROTOCOL``.
+    writeback
+        Cache the entries read or written and write them back on `Shelf.sync`
+        and `Shelf.close`, as ``shelve`` does.
+    durability
+        ``"full"`` (default): a write that returned survives a power loss.
+        ``"normal"``: a power loss may lose the last transactions, never
+        corrupts. ``"off"``: no flush per commit (flushed by ``sync()`` and
+        ``close()``); process crashes lose nothing, a power loss may lose
+        recent writes and, on filesystems that reorder writes, damage the store.
+    lock
+        ``"shared"`` (default), or ``"exclusive"`` to be the only process
+        with the store open: other openers wait up to `timeout`.
+    timeout
+        Seconds to wait for the store's file locks; ``None`` waits forever.
+    map_size
+        Initial LMDB map size in bytes (virtual memory, not disk); the map
+        grows by itself when full.
+    pickler, unpickler
+        Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
+        through, e.g. with custom reducers or a restricted ``find_class``.
+    allow_network_fs
+        Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
+        locking is not coherent there: only safe when one process on one
+        host ever opens the store.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Shelf:
@@ -915,61 +948,15 @@ def open(
     flag: str = "c",
     protocol: int | None = None,
     writeback: bool = False,
-    *,
-    durability: str = "full",
-    lock: str = "shared",
-    timeout: float | None = 10.0,
-    map_size: int = DEFAULT_MAP_SIZE,
-    pickler: type[Pickler] | type[Any] = Pickler,
-    unpickler: type[Unpickler] | type[Any] = Unpickler,
-    allow_network_fs: bool = False,
+    **options: Any,
 ) -> Shelf:
     """Open the store at `path` (a directory) as a `Shelf`, like ``shelve.open``.
 
-    flag
-        ``"r"`` read-only, ``"w"`` read-write (both: the store must exist),
-        ``"c"`` read-write, creating the store if missing (the default),
-        ``"n"`` read-write, always starting empty (emptied in place).
-    protocol
-        Pickle protocol for writes; default ``pickle.HIGHEST_PROTOCOL``.
-    writeback
-        Cache the entries read or written and write them back on `Shelf.sync`
-        and `Shelf.close`, as ``shelve`` does.
-    durability
-        ``"full"`` (default): a write that returned survives a power loss.
-        ``"normal"``: a power loss may lose the last transactions, never
-        corrupts. ``"off"``: no flush per commit (flushed by ``sync()`` and
-        ``close()``); process crashes lose nothing, a power loss may lose
-        recent writes and, on filesystems that reorder writes, damage the store.
-    lock
-        ``"shared"`` (default), or ``"exclusive"`` to be the only process
-        with the store open: other openers wait up to `timeout`.
-    timeout
-        Seconds to wait for the store's file locks; ``None`` waits forever.
-    map_size
-        Initial LMDB map size in bytes (virtual memory, not disk); the map
-        grows by itself when full.
-    pickler, unpickler
-        Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
-        through, e.g. with custom reducers or a restricted ``find_class``.
-    allow_network_fs
-        Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
-        locking is not coherent there: only safe when one process on one
-        host ever opens the store.
+    `options` are the keyword-only parameters of `Shelf`: ``durability``,
+    ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler`` and
+    ``allow_network_fs``.
     """
-    return Shelf(
-        path,
-        flag,
-        protocol,
-        writeback,
-        durability=durability,
-        lock=lock,
-        timeout=timeout,
-        map_size=map_size,
-        pickler=pickler,
-        unpickler=unpickler,
-        allow_network_fs=allow_network_fs,
-    )
+    return Shelf(path, flag, protocol, writeback, **options)
 
 
 @atexit.register

@@ -374,12 +374,27 @@ class TestOptions:
         with pytest.raises(TypeError):
             objstore.open(path, durabilty="off")  # type: ignore[call-arg]
 
-    def test_open_and_shelf_take_the_same_arguments(self) -> None:
+    def test_open_takes_shelve_arguments_and_forwards_the_options(self, path: Path) -> None:
         import inspect
 
         opened = inspect.signature(objstore.open).parameters
         constructed = inspect.signature(objstore.Shelf.__init__).parameters
-        assert list(opened) == [name for name in constructed if name != "self"]
+        positional = [name for name, p in constructed.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+        assert positional == ["self", "path", "flag", "protocol", "writeback"]
+        assert list(opened) == [*positional[1:], "options"]
+        assert opened["options"].kind is inspect.Parameter.VAR_KEYWORD
+        keyword_only = {name for name, p in constructed.items() if p.kind is p.KEYWORD_ONLY}
+        assert keyword_only == {
+            "durability",
+            "lock",
+            "timeout",
+            "map_size",
+            "pickler",
+            "unpickler",
+            "allow_network_fs",
+        }
+        with objstore.open(path, durability="off", lock="exclusive", timeout=1, map_size=1 << 20) as db:
+            assert db.info()["durability"] == "off" and db.info()["exclusive"]
 
     def test_shelf_constructor_opens_like_open(self, path: Path) -> None:
         with objstore.Shelf(path) as db:

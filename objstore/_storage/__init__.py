@@ -1,0 +1,72 @@
+"""LMDB storage: the only package that imports ``lmdb``.
+
+Bytes in, bytes out. This module owns opening and creating stores (flags, what
+is at the path, the metadata record, damage checks), the per-process registry
+of environments, transactions, fork handling, map growth and the translation
+of every ``lmdb`` exception into an objstore one.
+
+It must never:
+
+- see an unpickled object (keys arrive encoded, values are opaque records);
+- call anything on an LMDB object inherited across ``fork()``: in a child,
+  ``close()`` or ``abort()`` on the parent's handles silently corrupts the
+  parent's open snapshot, so the child drops them unclosed and reopens;
+- hold a read transaction while caller code runs (except inside a snapshot
+  the caller opened): every single operation and every iteration batch uses
+  its own short transaction and copies the bytes out;
+- open a second environment on a path this process already has open (py-lmdb
+  refuses), delete or recreate a store's files, or touch ``lock.mdb``;
+- let an ``lmdb`` exception escape.
+
+On disk a store is a directory::
+
+    data.mdb          LMDB data file: keys, values and the metadata record
+    lock.mdb          LMDB reader table and writer mutex
+    objstore.lock     maintenance lock (create, initialise, grow)
+    objstore.openers  lock held by every process that has the store open
+
+Concurrency model, in short: LMDB gives many concurrent readers and one
+writer at a time across processes. Within a process, a write transaction
+belongs to its thread; operations a thread makes while it holds one join it.
+Growing the map needs no open transaction in the process, so long-lived
+transactions (snapshots, user transactions) register themselves and a grower
+waits for them; single operations are short and simply retried.
+
+Modules: ``_common`` (settings, the `Storage` interface, primitives on an
+lmdb transaction, error translation), ``_environment`` (one environment per
+path per process: recovery, growth, fork), ``_transactions`` (snapshots and
+write transactions), ``_store`` (the handle a shelf holds), ``_open``
+(opening and creating stores).
+"""
+
+from ._common import (
+    BATCH_BYTES,
+    BATCH_ITEMS,
+    DEFAULT_MAP_SIZE,
+    DURABILITY,
+    MAX_KEY_SIZE,
+    Chunk,
+    Options,
+    Storage,
+    Value,
+)
+from ._open import filesystem_type, open_store
+from ._store import Store
+from ._transactions import ReadTxn, WriteTxn
+
+__all__ = [
+    "BATCH_BYTES",
+    "BATCH_ITEMS",
+    "DEFAULT_MAP_SIZE",
+    "DURABILITY",
+    "MAX_KEY_SIZE",
+    "Chunk",
+    "Options",
+    "ReadTxn",
+    "Store",
+    "Storage",
+    "Value",
+    "WriteTxn",
+    "filesystem_type",
+    "open_store",
+]

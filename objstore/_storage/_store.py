@@ -1,0 +1,207 @@
+"""The handle a shelf holds on a store: single operations, each in its own short transaction."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from .._errors import ReadOnlyError, StoreError
+from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new, translate
+from ._transactions import ReadTxn, WriteTxn, _transaction
+
+if TYPE_CHECKING:
+    from ._common import Txn
+    from ._environment import _Environment
+
+
+class Store:
+    """A handle on a store: one per shelf, sharing its path's environment.
+
+    Each operation runs in its own short transaction, or joins the write
+    transaction this thread holds on the store.
+    """
+
+    __slots__ = ("_environment", "path", "readonly", "settings")
+
+    def __init__(self, environment: _Environment, readonly: bool) -> None:
+        self._environment = environment
+        self.path = environment.path
+        self.readonly = readonly
+        self.settings = environment.settings
+
+    def _joined(self) -> WriteTxn | None:
+        env = self._environment
+        if env.writers:
+            return env.writers.get(threading.get_ident())
+        return None
+
+    def in_transaction(self) -> bool:
+        """Whether this thread holds a write transaction on the store (which its operations join)."""
+        return self._joined() is not None
+
+    def _joined_writer(self, action: str) -> WriteTxn | None:
+        if self.readonly:
+            raise _read_only(self.path, action)
+        return self._joined()
+
+    def _read(self, fn: Callable[[Txn], T], action: str) -> T:
+        return self._environment.run(fn, False, action)
+
+    def _mutate(self, fn: Callable[[Txn], T], action: str) -> T:
+        return self._environment.run(fn, True, action)
+
+    # -- the hot paths, written out in full
+
+    def get(self, key: bytes) -> bytes | None:
+        env = self._environment
+        if env.writers and threading.get_ident() in env.writers:
+            return env.writers[threading.get_ident()].get(key)
+        try:
+            # No `with`: the temporary transaction is freed, which aborts it and
+            # frees its reader slot, as soon as get() returns; that saves the
+            # context manager's two calls, a seventh of a small read.
+            return env.lmdb_env.begin(db=env.data).get(key)  # type: ignore[union-attr]
+        except Exception as exc:
+            env.recover(exc, 0, "read")
+        return self._read(lambda txn: txn.get(key), "read")
+
+    def put(self, key: bytes, value: Value) -> None:
+        if self.readonly:
+            raise _read_only(self.path, "store a value")
+        env = self._environment
+        if env.writers and threading.get_ident() in env.writers:
+            env.writers[threading.get_ident()].put(key, value)
+            return
+        try:
+            txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+            try:
+                txn.put(key, value)
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+            return
+        except Exception as exc:
+            env.recover(exc, 0, "store a value")
+        self._mutate(lambda txn: txn.put(key, value), "store a value")
+
+    # -- everything else
+
+    def contains(self, key: bytes) -> bool:
+        joined = self._joined()
+        if joined is not None:
+            return joined.contains(key)
+        db = self._environment.data
+        return self._read(lambda txn: _contains(txn, db, key), "read")
+
+    def count(self) -> int:
+        joined = self._joined()
+        if joined is not None:
+            return joined.count()
+        db = self._environment.data
+        return self._read(lambda txn: _count(txn, db), "count keys")
+
+    def batch(
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        after: bytes | None,
+        limit: int = BATCH_ITEMS,
+    ) -> list[Any]:
+        joined = self._joined()
+        if joined is not None:
+            return joined.batch(lo, hi, reverse, values, after, limit)
+        env = self._environment
+        return self._read(lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate")
+
+    def delete(self, key: bytes) -> bool:
+        joined = self._joined_writer("delete a key")
+        if joined is not None:
+            return joined.delete(key)
+        return bool(self._mutate(lambda txn: txn.delete(key), "delete a key"))
+
+    def put_new(self, key: bytes, value: Value) -> bytes | None:
+        joined = self._joined_writer("store a value")
+        if joined is not None:
+            return joined.put_new(key, value)
+        env = self._environment
+        return self._mutate(lambda txn: _put_new(txn, env.data, key, value), "store a value")
+
+    def put_many(self, chunks: Iterable[Chunk]) -> None:
+        with self._write_txn(blind=True, action="store values") as txn:
+            txn.put_many(chunks)
+
+    def clear(self) -> None:
+        with self._write_txn(blind=True, action="empty the store") as txn:
+            txn.clear()
+
+    # -- explicit transactions
+
+    def read(self) -> ReadTxn:
+        """Begin a snapshot; the caller must `end()` it."""
+        self._environment_check("open a snapshot")
+        txn = ReadTxn(self._environment)
+        txn._begin()
+        return txn
+
+    def _write_txn(self, blind: bool, action: str) -> AbstractContextManager[WriteTxn]:
+        if self.readonly:
+            raise _read_only(self.path, action)
+        self._environment_check(action)
+        return _transaction(self._environment, self._joined(), blind)
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a write transaction (a savepoint if this thread already holds one)."""
+        return self._write_txn(blind=False, action="begin a transaction")
+
+    def _environment_check(self, action: str) -> None:
+        env = self._environment
+        if env.lmdb_env is None or env.pid != os.getpid():
+            env.recover(StoreError("forked"), 0, action)
+
+    # -- lifecycle
+
+    def sync(self) -> None:
+        """Flush everything committed to disk, whatever the durability."""
+        env = self._environment
+        if self.readonly or not env.writable or env.options.durability == "full":
+            return  # in "full" mode every commit was flushed before it returned
+        self._environment_check("sync")
+        try:
+            env.lmdb_env.sync(True)  # type: ignore[union-attr]
+        except lmdb.Error as exc:
+            raise translate(exc, self.path, "sync") from exc
+
+    def close(self) -> None:
+        self._environment.release()
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the store for people: sizes, settings, readers."""
+        env = self._environment
+        self._environment_check("read store information")
+        lmdb_env = env.lmdb_env
+        assert lmdb_env is not None
+        info = lmdb_env.info()
+        return {
+            "path": self.path,
+            "settings": dict(env.settings),
+            "durability": env.options.durability,
+            "exclusive": env.options.exclusive,
+            "entries": self.count(),
+            "map_size": info["map_size"],
+            "used_bytes": env.used_bytes(),
+            "file_bytes": os.path.getsize(os.path.join(self.path, "data.mdb")),
+            "max_readers": info["max_readers"],
+            "readers_in_use": info["num_readers"],
+        }
+
+
+def _read_only(path: str, action: str) -> ReadOnlyError:
+    return ReadOnlyError(f"cannot {action}: the store {path!r} was opened read-only (flag 'r')")

@@ -1,0 +1,356 @@
+"""Transactions the caller holds open: snapshots (read) and write transactions with replay."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from .._errors import ClosedError, ConflictError, TransactionError
+from ._common import (
+    _ATTEMPTS,
+    BATCH_ITEMS,
+    Chunk,
+    T,
+    Value,
+    _batch,
+    _contains,
+    _count,
+    _is_transient,
+    _put_new,
+    translate,
+)
+
+if TYPE_CHECKING:
+    from ._common import Txn
+    from ._environment import _Environment
+
+
+class ReadTxn:
+    """A read transaction held open by the caller: one consistent snapshot of the store."""
+
+    readonly = True
+
+    def __init__(self, environment: _Environment) -> None:
+        self._environment = environment
+        self.path = environment.path
+        self.thread = threading.get_ident()
+        self.pid = os.getpid()
+        self.expired = False
+        self._txn: Txn | None = None
+        self._db = environment.data
+
+    def _begin(self) -> None:
+        env = self._environment
+        for attempt in range(_ATTEMPTS + 1):
+            env.register(self)
+            try:
+                self._txn = env.lmdb_env.begin(db=env.data)  # type: ignore[union-attr]
+                self._db = env.data
+                return
+            except Exception as exc:
+                env.unregister(self)
+                env.recover(exc, attempt, "open a snapshot")
+
+    def forget(self) -> None:
+        self._txn = None
+
+    def end(self) -> None:
+        """End the transaction; the mapping over it is closed from now on."""
+        txn, self._txn = self._txn, None
+        env = self._environment
+        if txn is not None and self.pid == os.getpid():
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass  # already invalidated by a resize
+        env.unregister(self)
+
+    def _live(self) -> Txn:
+        txn = self._txn
+        if txn is None:
+            if self.pid != os.getpid():
+                raise TransactionError("this transaction was opened in the parent process before fork()")
+            raise ClosedError("the transaction or snapshot is closed")
+        if self.expired:
+            raise TransactionError(
+                "this snapshot ended because the store's map had to grow while it was open (the "
+                "growth waited for it up to the timeout, or was made by this same thread); open a "
+                "new snapshot"
+            )
+        return txn
+
+    def _error(self, exc: lmdb.Error, action: str) -> BaseException:
+        """The exception to raise for `exc`, raised by this transaction's lmdb object."""
+        if self._environment.closed:
+            return ClosedError(
+                f"cannot {action}: the store was closed while this transaction or snapshot was open"
+            )
+        return translate(exc, self._environment.path, action)
+
+    def _call(self, fn: Callable[[Txn], T], action: str) -> T:
+        txn = self._live()
+        try:
+            return fn(txn)
+        except lmdb.Error as exc:
+            if not self._environment.closed and (self.expired or _is_transient(exc)):
+                self.expired = True
+                self._live()  # raises the TransactionError that explains it
+            raise self._error(exc, action) from exc
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._call(lambda txn: txn.get(key, db=self._db), "read")
+
+    def contains(self, key: bytes) -> bool:
+        return self._call(lambda txn: _contains(txn, self._db, key), "read")
+
+    def count(self) -> int:
+        return self._call(lambda txn: _count(txn, self._db), "count keys")
+
+    def batch(
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        after: bytes | None,
+        limit: int = BATCH_ITEMS,
+    ) -> list[Any]:
+        return self._call(lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate")
+
+
+class WriteTxn(ReadTxn):
+    """A write transaction of one thread; nested ones are savepoints inside their parent.
+
+    Every change is also kept in a log, so that when the map fills up the
+    transaction can be rolled back, the map grown and the changes replayed,
+    all without the caller noticing. `blind` transactions (whose writes do not
+    depend on what they read) may always be replayed; others only if no other
+    process committed in between, else `ConflictError`.
+    """
+
+    readonly = False
+
+    def __init__(self, environment: _Environment, parent: WriteTxn | None, blind: bool) -> None:
+        super().__init__(environment)
+        self.parent = parent
+        self.blind = blind
+        # Changes made at this level, in order, as (keys, records) runs; a record
+        # None deletes its key, a key None empties the store.
+        self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
+        self._id = 0
+        self._done = False
+
+    # -- lifecycle
+
+    def _begin(self) -> None:
+        env = self._environment
+        if self.parent is None:
+            env.wait_for_fork()
+            env.ensure_headroom()
+            for attempt in range(_ATTEMPTS + 1):
+                env.register(self)
+                try:
+                    self._txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+                    break
+                except Exception as exc:
+                    env.unregister(self)
+                    env.recover(exc, attempt, "begin a transaction")
+            self._id = self._txn.id()  # type: ignore[union-attr]
+        else:
+            self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
+        self._db = env.data
+        env.writers[self.thread] = self
+
+    def commit(self) -> None:
+        self._check_thread()
+        txn = self._live()
+        for attempt in range(_ATTEMPTS + 1):
+            try:
+                txn.commit()
+                break
+            except lmdb.MapFullError as exc:
+                # LMDB can need pages at commit time too; the commit aborted the transaction.
+                if attempt >= _ATTEMPTS:
+                    self._finish()
+                    raise self._error(exc, "commit the transaction") from exc
+                txn = self._replay()
+            except lmdb.Error as exc:
+                self._finish()
+                raise self._error(exc, "commit the transaction") from exc
+        if self.parent is not None:
+            self.parent._log.extend(self._log)
+        self._finish()
+
+    def abort(self) -> None:
+        txn = self._txn
+        if txn is not None and self.pid == os.getpid():
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        env = self._environment
+        self._txn = None
+        self._log = []
+        if self.parent is None:
+            env.writers.pop(self.thread, None)
+            env.unregister(self)
+        else:
+            env.writers[self.thread] = self.parent
+
+    def end(self) -> None:
+        self.abort()
+
+    def _call(self, fn: Callable[[Txn], T], action: str) -> T:
+        self._check_thread()
+        return super()._call(fn, action)
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self.thread:
+            raise TransactionError(
+                "a transaction can only be used by the thread that opened it (LMDB write "
+                "transactions belong to their thread)"
+            )
+
+    # -- map growth
+
+    def _stack(self) -> list[WriteTxn]:
+        stack = [self]
+        parent = self.parent
+        while parent is not None:
+            stack.append(parent)
+            parent = parent.parent
+        return stack[::-1]
+
+    def _replay(self) -> Txn:
+        """Roll back, grow the map, begin again and replay every level's log; return our txn."""
+        env = self._environment
+        stack = self._stack()
+        root = stack[0]
+        if root._txn is not None:
+            try:
+                root._txn.abort()
+            except lmdb.Error:
+                pass  # a failed commit already ended it
+        for level in stack:
+            level._txn = None
+        env.writers.pop(self.thread, None)
+        env.unregister(root)
+        try:
+            env.grow()
+        except BaseException:
+            for level in stack:
+                level._finish()
+            raise
+        old_id = root._id
+        root._txn = None
+        root._begin()
+        if root._id != old_id and not root.blind:
+            for level in reversed(stack):
+                level.abort()
+            raise ConflictError(
+                "the transaction ran out of map space and another process committed while the store "
+                "was grown; it was rolled back: run it again"
+            )
+        for level in stack:
+            if level is not root:
+                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, db=env.data)  # type: ignore[union-attr]
+            txn = level._txn
+            assert txn is not None
+            for keys, make_records in level._log:
+                for key, record in zip(keys, make_records(), strict=True):
+                    if key is None:
+                        env.empty(txn)
+                    elif record is None:
+                        txn.delete(key)
+                    else:
+                        txn.put(key, record)
+        env.writers[self.thread] = self
+        return self._txn  # type: ignore[return-value]
+
+    def _write(self, fn: Callable[[Txn], T], action: str) -> T:
+        self._check_thread()
+        txn = self._live()
+        for attempt in range(_ATTEMPTS + 1):
+            try:
+                return fn(txn)
+            except lmdb.MapFullError as exc:
+                if attempt >= _ATTEMPTS:
+                    raise self._error(exc, action) from exc
+                txn = self._replay()
+            except lmdb.Error as exc:
+                raise self._error(exc, action) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- writes
+
+    def put(self, key: bytes, value: Value) -> None:
+        self._write(lambda txn: txn.put(key, value), "store a value")
+        self._log.append(((key,), lambda: (value,)))
+
+    def delete(self, key: bytes) -> bool:
+        deleted = self._write(lambda txn: txn.delete(key), "delete a key")
+        if deleted:
+            self._log.append(((key,), lambda: (None,)))
+        return bool(deleted)
+
+    def put_new(self, key: bytes, value: Value) -> bytes | None:
+        existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
+        if existing is None:
+            self._log.append(((key,), lambda: (value,)))
+        return existing
+
+    def put_many(self, chunks: Iterable[Chunk]) -> None:
+        self._check_thread()
+        txn = self._live()
+        for keys, make_records in chunks:
+            records = make_records()
+            while True:
+                put = txn.put
+                try:
+                    # Two parallel sequences, not a list of pairs: zip reuses its
+                    # tuple, so a bulk write allocates no container per pair.
+                    for key, record in zip(keys, records, strict=True):
+                        put(key, record)
+                except lmdb.MapFullError:
+                    # The replay restores everything before this chunk; then the
+                    # whole chunk is written again.
+                    txn = self._replay()
+                    continue
+                except lmdb.Error as exc:
+                    raise self._error(exc, "store values") from exc
+                self._log.append((keys, make_records))
+                break
+
+    def clear(self) -> None:
+        self._write(self._environment.empty, "empty the store")
+        self._log.append(((None,), lambda: (None,)))
+
+    def write(self) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a savepoint inside this transaction."""
+        self._check_thread()
+        self._live()
+        return _transaction(self._environment, self, blind=False)
+
+
+@contextmanager
+def _transaction(environment: _Environment, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
+    """Commit on normal exit, roll back (and re-raise) on an exception."""
+    txn = WriteTxn(environment, parent, blind)
+    txn._begin()
+    try:
+        yield txn
+    except BaseException:
+        txn.abort()
+        raise
+    txn.commit()
