@@ -395,16 +395,7 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if self._source.readonly:
             self._check_writable()
-        if type(key) is str:
-            try:
-                encoded = key.encode()
-            except UnicodeEncodeError:
-                encoded = encode_key(key)
-            if not 0 < len(encoded) <= MAX_KEY_SIZE:
-                encoded = encode_key(key)
-        else:
-            encoded = encode_key(key)
-        self._source.put(encoded, self._codec.encode(value, key))
+        self._source.put(encode_key(key), self._codec.encode(value, key))
 
     def __delitem__(self, key: str) -> None:
         self._check_writable()
