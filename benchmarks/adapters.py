@@ -205,6 +205,16 @@ class Floor(Adapter):
             for record in txn.cursor().iternext(keys=False, values=True):
                 yield loads(record)
 
+    def raw_keys(self) -> Iterator[bytes]:
+        """Iterate over the stored keys, as bytes."""
+        with self._env.begin(db=self._db) as txn:
+            yield from txn.cursor().iternext(keys=True, values=False)
+
+    def raw_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate over the stored (key, record) pairs, as bytes."""
+        with self._env.begin(db=self._db) as txn:
+            yield from txn.cursor()
+
 
 # ------------------------------------------------------------------ objstore
 

@@ -50,7 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="a directory with _gdbm/_dbm extension modules for this Python version, for the shelve "
         "backends this interpreter lacks (e.g. the system Python's lib-dynload)",
     )
-    p.add_argument("--page", metavar="FILE", help="also write the Markdown page (e.g. benchmarks/REPORT.md)")
+    p.add_argument("--page", metavar="FILE", help="also write the Markdown page (e.g. docs/benchmarks.md)")
     p.add_argument("--chart", metavar="FILE", help="also save the chart here (e.g. docs/benchmarks.png)")
     p.add_argument(
         "--from-json", metavar="FILE", help="redraw tables, chart and page from a saved results.json"

@@ -87,7 +87,7 @@ machine described below; every run prints the same tables and saves them as JSON
     pip install -e '.[bench]'
     python -m benchmarks --quick      # every workload at small sizes: under a minute
     python -m benchmarks --full       # the figures on this page: under ten minutes on 2 cores
-    python -m benchmarks --full --page benchmarks/REPORT.md --chart docs/benchmarks.png
+    python -m benchmarks --full --page docs/benchmarks.md --chart docs/benchmarks.png
 
 `--only WORKLOAD` (repeatable: {", ".join(results.get("workload_names", []))}) runs some
 workloads, `--systems a,b` some systems, `--out DIR` chooses where results go (JSON, Markdown,
@@ -102,7 +102,7 @@ profiles objstore (or `--profile-system`) on one workload, `--dbm-dir DIR` lets 
 ## Method
 
 - **The floor** is the straightforward raw code a user would write with `lmdb` and `pickle`, with
-  objstore's own LMDB settings (named database `data`, `max_dbs=4`, `max_readers=1024`,
+  objstore's own LMDB settings (keys in the main database, `max_dbs=4`, `max_readers=1024`,
   `max_spare_txns=0`, same map size and sync flags): a read is
   `pickle.loads(env.begin(db=db).get(key.encode()))`, whose read transaction is freed as soon as the
   call returns; a single write is `begin(write=True)`, `put`, `commit`; a bulk write is one
