@@ -42,7 +42,7 @@ from functools import partial
 from operator import itemgetter
 from typing import Any, NoReturn, TypeVar
 
-from ._errors import ClosedError, ReadOnlyError, UnsupportedFormatError
+from ._errors import ClosedError, ConflictError, ReadOnlyError, UnsupportedFormatError
 from ._serialize import (
     CRC_IMPLEMENTATION,
     CRC_RESIDUE,
@@ -73,6 +73,7 @@ VALUE_FORMAT = 1
 KEY_ENCODING = "utf-8"
 _MISSING: Any = object()
 _CHUNK = 4096  # pairs pickled at a time by a bulk write
+_MODIFY_ATTEMPTS = 16
 _V = TypeVar("_V")
 
 # ------------------------------------------------------------------- keys
@@ -386,6 +387,10 @@ class _Reader(Mapping[str, Any]):
 class _Writer(_Reader, MutableMapping[str, Any]):
     """The write side of the dict face, over a store or a write transaction."""
 
+    def _owns_transactions(self) -> bool:
+        """Whether a transaction this mapping opens is a whole transaction, not a savepoint."""
+        return False
+
     def _check_writable(self) -> None:
         if self._source.readonly:
             raise ReadOnlyError(
@@ -492,11 +497,19 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         a counter that never loses an increment, whatever the number of
         processes incrementing it.
         """
-        with self.transaction() as txn:
-            value = txn[key] if default is _MISSING else txn.get(key, default)
-            new = fn(value)
-            txn[key] = new
-        return new
+        for attempt in range(_MODIFY_ATTEMPTS):
+            try:
+                with self.transaction() as txn:
+                    value = txn[key] if default is _MISSING else txn.get(key, default)
+                    new = fn(value)
+                    txn[key] = new
+                return new
+            except ConflictError:
+                # Rolled back while the map grew: fn can simply be applied again,
+                # unless an enclosing transaction was rolled back with it.
+                if attempt == _MODIFY_ATTEMPTS - 1 or not self._owns_transactions():
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @contextmanager
     def edit(self, key: str, default: Any = _MISSING) -> Iterator[Any]:
@@ -668,6 +681,9 @@ class Shelf(_Writer):
     def path(self) -> str:
         """The absolute path of the store directory."""
         return self._path
+
+    def _owns_transactions(self) -> bool:
+        return not self._source.in_transaction()
 
     @property
     def closed(self) -> bool:

@@ -150,7 +150,7 @@ class _Environment:
         env = self.lmdb_env
         assert env is not None
         try:
-            self.data = env.open_db()
+            self.data = self._adopting(env.open_db)
             raw = self._fresh(False, lambda txn: txn.get(META_KEY))
             if raw is None:
                 if flag == "r" or not self.writable:
@@ -166,14 +166,22 @@ class _Environment:
 
     def _fresh(self, write: bool, fn: Callable[[Txn], T]) -> T:
         """Run `fn` in a transaction of the environment being opened (nothing else uses it yet)."""
+
+        def run() -> T:
+            with self.lmdb_env.begin(write=write, db=self.data) as txn:  # type: ignore[union-attr]
+                return fn(txn)
+
+        return self._adopting(run)
+
+    def _adopting(self, fn: Callable[[], T]) -> T:
+        """Call `fn`, adopting the map size other processes grew to meanwhile, as often as needed."""
         env = self.lmdb_env
         assert env is not None
         for _ in range(_ATTEMPTS):
             try:
-                with env.begin(write=write, db=self.data) as txn:
-                    return fn(txn)
+                return fn()
             except lmdb.MapResizedError:
-                env.set_mapsize(0)  # another process grew the map since we opened it
+                env.set_mapsize(0)  # no transaction of this new environment is open yet
         raise StoreError(f"cannot open {self.path!r}: its map kept growing while it was opened")
 
     def empty(self, txn: Txn) -> None:
@@ -314,18 +322,16 @@ class _Environment:
         assert env is not None
         return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
-    def ensure_headroom(self) -> None:
-        """Before a transaction that cannot simply be rerun: grow while growing is cheap, and
-        reclaim the reader slots of dead processes (at most once a second), which pin pages."""
+    def needs_room(self) -> bool:
+        """Whether the map is more than half full; also, at most once a second, reclaim the
+        reader slots of dead processes, which pin pages that could be reused."""
         env = self.lmdb_env
-        if env is None or not self.writable:
-            return
+        assert env is not None
         now = time.monotonic()
         if now - self._readers_checked > 1.0:
             self._readers_checked = now
             env.reader_check()
-        if self.used_bytes() * 2 > env.info()["map_size"]:
-            self.grow()
+        return self.used_bytes() * 2 > env.info()["map_size"]
 
     def grow(self) -> None:
         """Double the map (at least); other processes adopt the new size by themselves."""

@@ -151,16 +151,25 @@ class WriteTxn(ReadTxn):
         env = self._environment
         if self.parent is None:
             env.wait_for_fork()
-            env.ensure_headroom()
             for attempt in range(_ATTEMPTS + 1):
                 env.register(self)
                 try:
-                    self._txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
-                    break
+                    txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
                 except Exception as exc:
                     env.unregister(self)
                     env.recover(exc, attempt, "begin a transaction")
-            self._id = self._txn.id()  # type: ignore[union-attr]
+                    continue
+                # A transaction cannot simply be rerun, so make room now, while
+                # this process holds LMDB's writer lock and no other can fill
+                # the map before the caller's writes: then only a transaction
+                # writing half the map itself can run out of room.
+                if not (env.writable and env.needs_room()):
+                    break
+                txn.abort()
+                env.unregister(self)
+                env.grow()
+            self._txn = txn
+            self._id = txn.id()
         else:
             self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
         self._db = env.data
