@@ -283,12 +283,17 @@ class _Environment:
 
     # -- recovery, shared by every operation
 
-    def recover(self, exc: BaseException, attempt: int, action: str) -> None:
-        """Make another attempt possible after `exc`, or raise what the caller should see."""
+    def ensure_open(self, action: str) -> None:
+        """Raise `ClosedError` if the store was closed; reopen it if this is a forked child."""
         if self.closed:
-            raise ClosedError(f"cannot {action}: the shelf is closed") from None
+            raise ClosedError(f"cannot {action}: the shelf is closed")
         if self.lmdb_env is None or self.pid != os.getpid():
             self.reopen()
+
+    def recover(self, exc: BaseException, attempt: int, action: str) -> None:
+        """Make another attempt possible after `exc`, or raise what the caller should see."""
+        if self.closed or self.lmdb_env is None or self.pid != os.getpid():
+            self.ensure_open(action)
             return
         if not isinstance(exc, lmdb.Error):
             raise exc

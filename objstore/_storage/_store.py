@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from .._errors import ReadOnlyError, StoreError
+from .._errors import ReadOnlyError
 from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new, translate
 from ._transactions import ReadTxn, WriteTxn, _transaction
 
@@ -146,7 +146,7 @@ class Store:
 
     def read(self) -> ReadTxn:
         """Begin a snapshot; the caller must `end()` it."""
-        self._environment_check("open a snapshot")
+        self._environment.ensure_open("open a snapshot")
         txn = ReadTxn(self._environment)
         txn._begin()
         return txn
@@ -154,17 +154,12 @@ class Store:
     def _write_txn(self, blind: bool, action: str) -> AbstractContextManager[WriteTxn]:
         if self.readonly:
             raise _read_only(self.path, action)
-        self._environment_check(action)
+        self._environment.ensure_open(action)
         return _transaction(self._environment, self._joined(), blind)
 
     def write(self) -> AbstractContextManager[WriteTxn]:
         """Context manager: a write transaction (a savepoint if this thread already holds one)."""
         return self._write_txn(blind=False, action="begin a transaction")
-
-    def _environment_check(self, action: str) -> None:
-        env = self._environment
-        if env.lmdb_env is None or env.pid != os.getpid():
-            env.recover(StoreError("forked"), 0, action)
 
     # -- lifecycle
 
@@ -173,7 +168,7 @@ class Store:
         env = self._environment
         if self.readonly or not env.writable or env.options.durability == "full":
             return  # in "full" mode every commit was flushed before it returned
-        self._environment_check("sync")
+        self._environment.ensure_open("sync")
         try:
             env.lmdb_env.sync(True)  # type: ignore[union-attr]
         except lmdb.Error as exc:
@@ -185,7 +180,7 @@ class Store:
     def info(self) -> dict[str, Any]:
         """Facts about the store for people: sizes, settings, readers."""
         env = self._environment
-        self._environment_check("read store information")
+        self._environment.ensure_open("read store information")
         lmdb_env = env.lmdb_env
         assert lmdb_env is not None
         info = lmdb_env.info()
