@@ -110,8 +110,8 @@ def filesystem_type(path: str) -> str:
     return _filesystem_types[device]
 
 
-def _check_filesystem(path: str, options: Options) -> None:
-    kind = filesystem_type(path)
+def check_filesystem(path: str, kind: str, options: Options) -> None:
+    """Refuse a store on a filesystem of type `kind` where LMDB is unsafe, unless allowed."""
     if kind in NETWORK_FILESYSTEMS and not options.allow_network_fs:
         raise StoreError(
             f"{path!r} is on a network filesystem ({kind}): LMDB's locks and memory map are not "
@@ -130,7 +130,7 @@ def _open_environment(
     exists = _classify(path, flag)
     if not exists:
         os.makedirs(path, exist_ok=True)
-    _check_filesystem(path, options)
+    check_filesystem(path, filesystem_type(path), options)
     environment = _Environment(path, options, writable=flag != "r")
     try:
         environment.openers = _lock.OpenersLock(path, options.exclusive, options.timeout)
