@@ -18,9 +18,16 @@ from a process that has the environment open drops LMDB's own locks):
     forked child shares the descriptor's lock, and ``LOCK_UN`` from either
     process would release it for both.
 
-Lock files are never deleted (waiters must share one inode). A store on a
-read-only filesystem can still be opened with flag ``"r"``; it then takes no
-locks, which is safe because nobody can write it.
+    An opener that finds nobody else holding it (`OpenersLock.alone`) may
+    create LMDB's ``lock.mdb``, and records the identity (device, inode) of
+    that ``lock.mdb`` in this file; later openers compare, so a ``lock.mdb``
+    deleted or replaced while the store is open is detected instead of
+    silently splitting the openers into two groups that no longer exclude
+    each other.
+
+Lock files are never deleted (waiters must share one inode). A process that
+may not write them (a read-only filesystem, or another user's store opened
+with flag ``"r"``) opens the openers lock read-only: ``flock`` works there.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ try:
 except ImportError:  # pragma: no cover - Windows has no flock
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MAINTENANCE_LOCK", "OPENERS_LOCK", "OpenersLock", "holders", "maintenance", "reset_after_fork"]
+__all__ = [
+    "MAINTENANCE_LOCK", "OPENERS_LOCK", "OpenersLock", "create", "holders", "maintenance", "reset_after_fork"
+]  # fmt: skip
 
 MAINTENANCE_LOCK = "objstore.lock"
 OPENERS_LOCK = "objstore.openers"
@@ -95,6 +104,15 @@ def _timeout_error(what: str, path: str, timeout: float | None) -> LockTimeoutEr
     )
 
 
+def create(path: str, mode: int) -> None:
+    """Create the lock file `path` with `mode` (filtered by the umask) unless it exists.
+
+    A new store's lock files are made this way, with the same bits as its data
+    file: filelock would make them 0o666 (or chmod them, ignoring the umask).
+    """
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode))
+
+
 @contextmanager
 def maintenance(directory: str, timeout: float | None) -> Iterator[None]:
     """Hold the maintenance lock of the store in `directory`."""
@@ -114,14 +132,32 @@ def maintenance(directory: str, timeout: float | None) -> Iterator[None]:
 
 
 class OpenersLock:
-    """The lock a process holds on a store for as long as it has it open."""
+    """The lock a process holds on a store for as long as it has it open.
 
-    __slots__ = ("exclusive", "fd", "path")
+    `alone` says whether no other process held it when it was taken; such an
+    opener holds it exclusively until `share` (see `_open`), so that what it
+    does first cannot interleave with another opener's checks.
+    """
 
-    def __init__(self, directory: str, exclusive: bool, timeout: float | None) -> None:
+    __slots__ = ("alone", "exclusive", "fd", "path", "writable")
+
+    def __init__(
+        self, directory: str, exclusive: bool, timeout: float | None, mode: int = 0o666, reading: bool = False
+    ) -> None:
         self.path = os.path.join(directory, OPENERS_LOCK)
         self.exclusive = exclusive
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self.alone = False
+        cloexec = getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | cloexec, mode)
+            self.writable = True
+        except OSError as exc:
+            # A reader that may not write the file still takes the lock (flock
+            # needs no write access), so it counts as an opener.
+            if not reading or exc.errno not in UNWRITABLE or not os.path.exists(self.path):
+                raise
+            self.fd = os.open(self.path, os.O_RDONLY | cloexec)
+            self.writable = False
         try:
             self._acquire(timeout)
         except BaseException:
@@ -133,21 +169,52 @@ class OpenersLock:
             if self.exclusive:
                 raise NotImplementedError("lock='exclusive' needs fcntl.flock (POSIX)")
             return
-        mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        # First try to be alone (exclusive); an ordinary opener that is not
+        # alone settles for the shared lock.
+        if self._try(fcntl.LOCK_EX):
+            self.alone = True
+            return
+        self._wait(fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, timeout)
+        self.alone = self.exclusive
+
+    def _wait(self, mode: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.001
-        while True:
-            try:
-                fcntl.flock(self.fd, mode)
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
+        while not self._try(mode):
             if deadline is not None and time.monotonic() >= deadline:
                 what = "openers" if self.exclusive else "openers (held exclusively by another process)"
                 raise _timeout_error(what, self.path, timeout)
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    def _try(self, mode: int) -> bool:
+        try:
+            fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            return False
+
+    def share(self, timeout: float | None) -> None:
+        """Turn the exclusive lock of a lone ordinary opener into the shared lock openers hold."""
+        if fcntl is not None and self.alone and not self.exclusive:
+            # Not atomic (flock converts by unlocking first): a waiting exclusive opener may go first.
+            self._wait(fcntl.LOCK_SH, timeout)
+
+    def recorded(self) -> str:
+        """The identity of ``lock.mdb`` recorded by the last lone opener ("" if none)."""
+        try:
+            return os.pread(self.fd, 200, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+
+    def record(self, identity: str) -> None:
+        """Record the identity of ``lock.mdb`` (only a lone opener does)."""
+        if self.writable:
+            data = f"{identity}\n".encode("ascii")
+            os.pwrite(self.fd, data, 0)
+            os.ftruncate(self.fd, len(data))
 
     def close(self) -> None:
         """Release the lock by closing its descriptor (see the module docstring)."""

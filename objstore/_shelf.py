@@ -628,6 +628,10 @@ class Shelf(_Writer):
         Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
         locking is not coherent there: only safe when one process on one
         host ever opens the store.
+    mode
+        Permission bits of the files a new store creates (default ``0o666``,
+        filtered by the umask, as in ``dbm.open``); the directory gets them
+        plus search where they grant read. ``0o660`` shares it with a group.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Shelf:
@@ -650,6 +654,7 @@ class Shelf(_Writer):
         pickler: type[Pickler] | type[Any] = Pickler,
         unpickler: type[Unpickler] | type[Any] = Unpickler,
         allow_network_fs: bool = False,
+        mode: int = 0o666,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
@@ -660,6 +665,7 @@ class Shelf(_Writer):
             exclusive=lock == "exclusive",
             timeout=timeout,
             allow_network_fs=allow_network_fs,
+            mode=mode,
         )
         path_str = os.fsdecode(os.fspath(path))
         store = open_store(
@@ -758,6 +764,7 @@ class Shelf(_Writer):
             "pickler": self._codec.pickler,
             "unpickler": self._codec.unpickler,
             "allow_network_fs": options.allow_network_fs,
+            "mode": options.mode,
         }
         flag = "c" if self._flag == "n" else self._flag
         return (_reopen, (self._path, flag, self._codec.protocol, self._writeback, kwargs))
@@ -960,8 +967,8 @@ def open(
     """Open the store at `path` (a directory) as a `Shelf`, like ``shelve.open``.
 
     `options` are the keyword-only parameters of `Shelf`: ``durability``,
-    ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler`` and
-    ``allow_network_fs``.
+    ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler``,
+    ``allow_network_fs`` and ``mode``.
     """
     return Shelf(path, flag, protocol, writeback, **options)
 

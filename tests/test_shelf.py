@@ -1067,7 +1067,7 @@ class TestInfo:
         assert 0 < info["used_bytes"] <= info["file_bytes"] <= info["map_size"]
         assert info["file_bytes"] == os.path.getsize(path / "data.mdb")
         assert info["max_readers"] >= 1
-        assert info["readers_in_use"] >= 0
+        assert info["readers_live"] >= 0 and info["readers_stale"] >= 0
 
     def test_is_a_fresh_dict(self, shelf: objstore.Shelf) -> None:
         info = shelf.info()

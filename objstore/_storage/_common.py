@@ -39,6 +39,12 @@ MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
 META_KEY = b"\x00\xffobjstore"
 MAX_DBS = 4  # room for later named databases; every opener must pass the same
 MAX_READERS = 1024
+# The size of LMDB 0.9's lock.mdb with MAX_READERS slots, found by experiment
+# (tests/test_files.py checks it): a 192-byte header holding the first slot,
+# then 1023 slots of one 64-byte cache line each. objstore allocates it for
+# real before LMDB maps it, because touching a page of a sparse lock file on a
+# full filesystem kills the process with SIGBUS.
+LOCK_FILE_SIZE = 192 + (MAX_READERS - 1) * 64
 DEFAULT_MAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 1 << 26
 MAX_MAP_SIZE = 1 << 46 if sys.maxsize > 2**32 else 3 << 29
 BATCH_ITEMS = 1024
@@ -55,21 +61,33 @@ DURABILITY = {
 
 @dataclass(frozen=True)
 class Options:
-    """How a store is opened; every shelf of one path in one process must agree on `durability`."""
+    """How a store is opened; every shelf of one path in one process must agree on `durability`.
+
+    `mode` is the permission bits of the files a new store creates (filtered
+    by the umask, as in ``dbm.open``); its directory gets the same bits plus
+    search (x) wherever they grant read.
+    """
 
     durability: str = "full"
     map_size: int = DEFAULT_MAP_SIZE
     exclusive: bool = False
     timeout: float | None = 10.0
     allow_network_fs: bool = False
+    mode: int = 0o666
 
     def __post_init__(self) -> None:
-        if self.durability not in DURABILITY:
+        if not isinstance(self.durability, str) or self.durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {self.durability!r}")
-        if not isinstance(self.map_size, int) or not 4096 <= self.map_size <= MAX_MAP_SIZE:
+        if type(self.map_size) is not int or not 4096 <= self.map_size <= MAX_MAP_SIZE:
             raise ValueError(f"map_size must be an int from 4096 to {MAX_MAP_SIZE}, not {self.map_size!r}")
-        if self.timeout is not None and not self.timeout >= 0:
-            raise ValueError(f"timeout must be None or >= 0, not {self.timeout!r}")
+        timeout = self.timeout
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+            if not timeout >= 0:  # also refuses NaN
+                raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        if type(self.mode) is not int or not 0 <= self.mode <= 0o777:
+            raise ValueError(f"mode must be an int of permission bits from 0 to 0o777, not {self.mode!r}")
 
 
 class Storage(Protocol):
@@ -193,7 +211,19 @@ def translate(exc: BaseException, path: str, action: str) -> BaseException:
     if isinstance(exc, lmdb.ReadonlyError):
         return ReadOnlyError(
             f"cannot {action}: the store {path!r} is not writable by this process ({exc}); "
-            "check its permissions or open it with flag 'r'"
+            "check its permissions, or open it with flag 'r' to read it"
+        )
+    if "Permission denied" in str(exc):
+        return ReadOnlyError(
+            f"cannot {action}: this user may not write the files of {path!r} ({exc}). Even reading "
+            "needs write access to LMDB's lock file lock.mdb (its reader table); ask the store's owner "
+            "for group access (see mode= in docs/api.md)"
+        )
+    if isinstance(exc, lmdb.ReadersFullError):
+        return StoreError(
+            f"cannot {action}: all {MAX_READERS} reader slots of {path!r} are in use (the limit). Each "
+            "open snapshot and each read in progress holds one, in every process: close your snapshots "
+            "(use them in with-blocks) and end processes that hold many"
         )
     if isinstance(exc, lmdb.BadValsizeError):
         return ValueError(f"cannot {action}: key or value size is outside LMDB's limits ({exc})")
@@ -210,12 +240,22 @@ def translate(exc: BaseException, path: str, action: str) -> BaseException:
             f"cannot {action}: LMDB's lock file of {path!r} cannot be used ({exc}); this happens on "
             "network filesystems and between containers that do not share a PID namespace"
         )
-    if isinstance(exc, lmdb.DiskError) or "Input/output error" in str(exc) or "No space" in str(exc):
+    if "No space" in str(exc) or "Disk quota" in str(exc):
+        return disk_full(path, action, exc)
+    if isinstance(exc, lmdb.DiskError) or "Input/output error" in str(exc):
         return StoreError(
             f"cannot {action}: writing {path!r} failed ({exc}); the disk may be full. Nothing of the "
             "failed transaction was stored"
         )
     return StoreError(f"cannot {action} on {path!r}: {exc}")
+
+
+def disk_full(path: str, action: str, exc: BaseException) -> StoreError:
+    """The error for a write that failed because the filesystem of `path` is full."""
+    return StoreError(
+        f"cannot {action}: the disk holding {path!r} is full ({exc}). Free some space and try again; "
+        "nothing of the failed operation was stored"
+    )
 
 
 def _is_transient(exc: BaseException) -> bool:

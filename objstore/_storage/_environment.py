@@ -104,6 +104,8 @@ class _Environment:
             "lock": True,
             "writemap": False,
             "map_async": False,
+            # py-lmdb creates the files with these bits minus x (filtered by the umask).
+            "mode": self.options.mode,
             # Adopt the stored map size of an existing store: a smaller value
             # would silently shrink the map to the used size.
             "map_size": self.options.map_size if create else 0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import lmdb
 
 from .. import _lock
 from .._errors import NotAStoreError, ReadOnlyError, StoreError, StoreNotFoundError
-from ._common import MAX_DBS, META_KEY, Options, translate
+from ._common import LOCK_FILE_SIZE, MAX_DBS, META_KEY, Options, disk_full, translate
 from ._environment import REGISTRY, _check_size, _Environment, _read_meta
 from ._store import Store
 
@@ -120,6 +121,107 @@ def check_filesystem(path: str, kind: str, options: Options) -> None:
         )
 
 
+def _os_error(exc: OSError, path: str, action: str, writing: bool) -> StoreError:
+    """The objstore error for an `OSError` raised on the store's files while doing `action`."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(path, action, exc)
+    if exc.errno in _lock.UNWRITABLE:
+        if writing:
+            return ReadOnlyError(
+                f"cannot {action}: {path!r} is not writable by this process ({exc}); check the "
+                "permissions (and whether the filesystem is mounted read-only), or open it with flag 'r'"
+            )
+        return ReadOnlyError(
+            f"cannot {action}: this user may not write the files of {path!r} ({exc}). Even reading "
+            "needs write access to LMDB's lock file lock.mdb (its reader table) and to objstore.openers; "
+            "ask the store's owner for group access (see mode= in docs/api.md)"
+        )
+    return StoreError(f"cannot {action} on {path!r}: {exc}")
+
+
+def _directory_mode(mode: int) -> int:
+    """The directory bits for file bits `mode`: search (x) wherever `mode` grants read."""
+    return mode | ((mode & 0o444) >> 2)
+
+
+def _lock_file_identity(st: os.stat_result) -> str:
+    return f"lock.mdb {st.st_dev} {st.st_ino}"
+
+
+def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, mode: int) -> None:
+    """Make LMDB's ``lock.mdb`` safe to map, and refuse one deleted or replaced under live openers.
+
+    Runs before this process opens the environment (opening and closing
+    ``lock.mdb`` later would drop LMDB's fcntl locks). A lone opener creates
+    the file if missing and allocates its full size for real, so that LMDB
+    never touches a sparse page on a full filesystem (SIGBUS); it records the
+    file's identity for the openers that come while it is open. Others only
+    check it: recreating ``lock.mdb`` while processes use the old one would
+    give two reader tables and two writer mutexes.
+    """
+    lock_path = os.path.join(path, "lock.mdb")
+    alone = openers is None or openers.alone
+    cloexec = getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | cloexec | (os.O_CREAT if alone else 0), mode)
+    except FileNotFoundError:
+        raise _split(path, "was deleted") from None
+    except OSError as exc:
+        if exc.errno == errno.EROFS and flag == "r":
+            _check_nobody_writes(path, openers)
+            return  # LMDB reads without locks here
+        raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
+    try:
+        st = os.fstat(fd)
+        identity = _lock_file_identity(st)
+        if not alone:
+            recorded = openers.recorded() if openers is not None else ""
+            if recorded and recorded != identity:
+                raise _split(path, "was replaced (deleted and created again)")
+            return
+        size = max(st.st_size, LOCK_FILE_SIZE)
+        if st.st_blocks * 512 < size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise disk_full(path, "open the store", exc) from exc
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
+        if openers is not None:
+            openers.record(identity)
+    finally:
+        os.close(fd)
+
+
+def _split(path: str, what: str) -> StoreError:
+    pids = [pid for pid in _lock.holders(os.path.join(path, _lock.OPENERS_LOCK)) if pid != os.getpid()]
+    who = f" (process {', '.join(map(str, pids))})" if pids else ""
+    return StoreError(
+        f"cannot open {path!r}: its LMDB lock file lock.mdb {what} while other processes{who} have the "
+        "store open. Opening it now would give two reader tables and two writer locks, and writers "
+        "would no longer exclude each other. Close every process using the store, then open it again; "
+        "never delete lock.mdb while the store is in use"
+    )
+
+
+def _check_nobody_writes(path: str, openers: _lock.OpenersLock | None) -> None:
+    """Refuse lock-free reading (read-only filesystem) while other processes have the store open."""
+    pids = {pid for pid in _lock.holders(os.path.join(path, "lock.mdb")) if pid != os.getpid()}
+    if openers is not None and not openers.alone:
+        pids.update(pid for pid in _lock.holders(openers.path) if pid != os.getpid())
+        pids.add(-1)
+    if pids:
+        known = sorted(pid for pid in pids if pid > 0)
+        who = f" (process {', '.join(map(str, known))})" if known else ""
+        raise StoreError(
+            f"cannot open {path!r}: it is on a read-only filesystem, where LMDB reads without locks, "
+            f"and other processes{who} have it open, maybe writing; lock-free reads would see torn "
+            "data. Read it through a writable mount of the same filesystem, or only when nobody "
+            "uses the store (lock-free reading is safe only for a store nobody writes)"
+        )
+
+
 def _open_environment(
     path: str,
     flag: str,
@@ -129,22 +231,27 @@ def _open_environment(
 ) -> _Environment:
     exists = _classify(path, flag)
     if not exists:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, _directory_mode(options.mode), exist_ok=True)
+            _lock.create(os.path.join(path, _lock.MAINTENANCE_LOCK), options.mode)
+        except OSError as exc:
+            raise _os_error(exc, path, "create the store", writing=True) from exc
     check_filesystem(path, filesystem_type(path), options)
     environment = _Environment(path, options, writable=flag != "r")
     try:
-        environment.openers = _lock.OpenersLock(path, options.exclusive, options.timeout)
+        environment.openers = _lock.OpenersLock(
+            path, options.exclusive, options.timeout, options.mode, reading=flag == "r" and not options.exclusive
+        )
     except StoreError:
         raise
     except OSError as exc:
-        if exc.errno not in _lock.UNWRITABLE:
-            raise
-        if flag != "r" or options.exclusive:
-            raise ReadOnlyError(
-                f"cannot open {path!r} for writing: its lock file cannot be created ({exc}); "
-                "check the permissions, or open it with flag 'r'"
-            ) from exc
+        if exc.errno not in _lock.UNWRITABLE or flag != "r" or options.exclusive:
+            raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
+        # A read-only filesystem where no objstore process ever opened the store.
     try:
+        _prepare_lock_file(path, environment.openers, flag, options.mode)
+        if environment.openers is not None:
+            environment.openers.share(options.timeout)
         if exists:
             environment.open_lmdb(create=False)
         else:
@@ -182,6 +289,8 @@ def open_store(
     """
     if flag not in ("r", "w", "c", "n"):
         raise ValueError(f"flag must be one of 'r', 'w', 'c' or 'n', not {flag!r}")
+    if not path:
+        raise ValueError("the path of a store must not be empty; pass a directory, e.g. 'data/store'")
     real = os.path.realpath(path)
     with REGISTRY.lock:
         environment = REGISTRY.envs.get(real)
@@ -193,7 +302,11 @@ def open_store(
         else:
             _check_compatible(environment, flag, options)
             if flag == "n":
-                environment.run(environment.empty, True, "empty the store")
+                joined = environment.writers.get(threading.get_ident())
+                if joined is not None:
+                    joined.clear()  # inside this thread's transaction: its rollback undoes it
+                else:
+                    environment.run(environment.empty, True, "empty the store")
         environment.handles += 1
     return Store(environment, readonly=flag == "r")
 

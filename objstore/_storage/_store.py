@@ -194,8 +194,36 @@ class Store:
             "used_bytes": env.used_bytes(),
             "file_bytes": os.path.getsize(os.path.join(self.path, "data.mdb")),
             "max_readers": info["max_readers"],
-            "readers_in_use": info["num_readers"],
+            **_readers(lmdb_env),
+            "reader_slots_touched": info["num_readers"],
         }
+
+
+def _readers(env: lmdb.Environment) -> dict[str, int]:
+    """Count the reader slots in use: by live processes, and stale ones left by dead processes."""
+    live = stale = 0
+    # py-lmdb gives the reader table only as text: a header, then "pid thread txnid" per slot in use.
+    for line in env.readers().splitlines()[1:]:
+        fields = line.split()
+        if not fields or not fields[0].isdigit():
+            continue
+        if _alive(int(fields[0])):
+            live += 1
+        else:
+            stale += 1
+    return {"readers_live": live, "readers_stale": stale}
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by another user
+    return True
 
 
 def _read_only(path: str, action: str) -> ReadOnlyError:
