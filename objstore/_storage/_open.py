@@ -148,7 +148,7 @@ def _lock_file_identity(st: os.stat_result) -> str:
     return f"lock.mdb {st.st_dev} {st.st_ino}"
 
 
-def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, mode: int) -> None:
+def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, mode: int) -> bool:
     """Make LMDB's ``lock.mdb`` safe to map, and refuse one deleted or replaced under live openers.
 
     Runs before this process opens the environment (opening and closing
@@ -158,6 +158,8 @@ def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, 
     file's identity for the openers that come while it is open. Others only
     check it: recreating ``lock.mdb`` while processes use the old one would
     give two reader tables and two writer mutexes.
+
+    Returns whether LMDB will read without locks (a read-only filesystem).
     """
     lock_path = os.path.join(path, "lock.mdb")
     alone = openers is None or openers.alone
@@ -169,7 +171,7 @@ def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, 
     except OSError as exc:
         if exc.errno == errno.EROFS and flag == "r":
             _check_nobody_writes(path, openers)
-            return  # LMDB reads without locks here
+            return True  # LMDB reads without locks here
         raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
     try:
         st = os.fstat(fd)
@@ -178,7 +180,7 @@ def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, 
             recorded = openers.recorded() if openers is not None else ""
             if recorded and recorded != identity:
                 raise _split(path, "was replaced (deleted and created again)")
-            return
+            return False
         size = max(st.st_size, LOCK_FILE_SIZE)
         if st.st_blocks * 512 < size and hasattr(os, "posix_fallocate"):
             try:
@@ -190,6 +192,7 @@ def _prepare_lock_file(path: str, openers: _lock.OpenersLock | None, flag: str, 
                     raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
         if openers is not None:
             openers.record(identity)
+        return False
     finally:
         os.close(fd)
 
@@ -239,9 +242,9 @@ def _open_environment(
     check_filesystem(path, filesystem_type(path), options)
     environment = _Environment(path, options, writable=flag != "r")
     try:
-        environment.openers = _lock.OpenersLock(
-            path, options.exclusive, options.timeout, options.mode, reading=flag == "r" and not options.exclusive
-        )
+        reading = flag == "r" and not options.exclusive
+        openers = _lock.OpenersLock(path, options.exclusive, options.timeout, options.mode, reading)
+        environment.openers = openers
     except StoreError:
         raise
     except OSError as exc:
@@ -249,7 +252,11 @@ def _open_environment(
             raise _os_error(exc, path, "open the store", writing=flag != "r") from exc
         # A read-only filesystem where no objstore process ever opened the store.
     try:
-        _prepare_lock_file(path, environment.openers, flag, options.mode)
+        lock_free = _prepare_lock_file(path, environment.openers, flag, options.mode)
+        if lock_free and environment.openers is not None:
+            # Other lock-free readers must not see this one as an opener that may write.
+            environment.openers.close()
+            environment.openers = None
         if environment.openers is not None:
             environment.openers.share(options.timeout)
         if exists:
