@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import filelock
 
@@ -168,6 +168,7 @@ class OpenersLock:
         if fcntl is None:  # pragma: no cover - Windows
             if self.exclusive:
                 raise NotImplementedError("lock='exclusive' needs fcntl.flock (POSIX)")
+            self.alone = True  # unknown: no check of lock.mdb's identity
             return
         # First try to be alone (exclusive); an ordinary opener that is not
         # alone settles for the shared lock.
@@ -211,10 +212,17 @@ class OpenersLock:
 
     def record(self, identity: str) -> None:
         """Record the identity of ``lock.mdb`` (only a lone opener does)."""
-        if self.writable:
+        if not self.writable or self.recorded() == identity:
+            return
+        try:
             data = f"{identity}\n".encode("ascii")
             os.pwrite(self.fd, data, 0)
             os.ftruncate(self.fd, len(data))
+        except OSError:
+            # A full disk: record nothing rather than a stale identity, which
+            # would make later openers refuse a store that is fine.
+            with suppress(OSError):
+                os.ftruncate(self.fd, 0)
 
     def close(self) -> None:
         """Release the lock by closing its descriptor (see the module docstring)."""

@@ -455,3 +455,13 @@ class TestReaders:
                 process.stdout.close()
             info = db.info()
             assert info["readers_live"] == 0 and info["readers_stale"] == 3
+
+
+def test_one_store_under_two_paths_in_one_process_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with read_only_view(tmp_path / "a") as view, objstore.open(tmp_path / "a" / "store") as db:
+        db["k"] = 1
+        with pytest.raises(objstore.StoreError, match="already has open"):
+            objstore.open(view / "store", "r")
+        db["k"] = 2  # its locks are intact
+        assert run(OPEN_AND_REPORT, str(tmp_path / "a" / "store"), "w").strip() == "opened"

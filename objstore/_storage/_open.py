@@ -304,6 +304,7 @@ def open_store(
         if environment is not None and (environment.lmdb_env is None or environment.pid != os.getpid()):
             environment.reopen()  # inherited across fork: reopen it, do not open a second one
         if environment is None:
+            _check_not_open_elsewhere(real)
             environment = _open_environment(real, flag, options, settings, check)
             REGISTRY.envs[real] = environment
         else:
@@ -316,6 +317,28 @@ def open_store(
                     environment.run(environment.empty, True, "empty the store")
         environment.handles += 1
     return Store(environment, readonly=flag == "r")
+
+
+def _check_not_open_elsewhere(path: str) -> None:
+    """Refuse a store this process has open under another path (a bind mount, a hard-linked directory).
+
+    Opening its ``lock.mdb`` again, even only to check it, would drop this
+    process's LMDB locks on it when closed.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    for other in REGISTRY.envs:
+        try:
+            same = os.path.samestat(st, os.stat(other))
+        except OSError:
+            continue
+        if same:
+            raise StoreError(
+                f"{path!r} is the store {other!r}, which this process already has open under that "
+                "path; open it through one path only"
+            )
 
 
 def _check_compatible(environment: _Environment, flag: str, options: Options) -> None:
