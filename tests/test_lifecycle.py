@@ -465,3 +465,46 @@ def test_interrupts_at_random_moments_stress(path: Path) -> None:
     for round in range(10):
         result = run_script(RANDOM_INTERRUPTS, f"{path}{round}", "30", timeout=300)
         check_ok(result)
+
+
+# ---------------------------------------------------------- map reserve
+
+
+@pytest.mark.skipif(sys.maxsize <= 2**32, reason="the large reserve is for 64-bit address spaces")
+def test_the_map_is_reserved_far_ahead_and_costs_no_disk(path: Path) -> None:
+    with objstore.open(path, map_size=1 << 16) as db:  # a store whose recorded map is tiny
+        db["a"] = "x" * 1000
+    for flag in ("r", "w"):
+        with objstore.open(path, flag) as db:
+            assert db.info()["map_size"] >= 1 << 36
+            assert db["a"] == "x" * 1000
+    data = (path / "data.mdb").stat()
+    assert data.st_size < 1 << 20 and data.st_blocks * 512 < 1 << 20
+
+
+def test_another_process_growing_the_map_leaves_snapshots_alone(path: Path) -> None:
+    """A process whose map the data does not outgrow never waits, and its snapshot lives on."""
+    with objstore.open(path, map_size=1 << 16) as db:
+        db["a"] = 1
+    writer = """
+        import sys
+        import objstore
+        with objstore.open(sys.argv[1], map_size=1 << 16) as db:
+            for i in range(64):
+                db.update((f"w{i}-{j}", b"x" * 4000) for j in range(32))  # 8 MiB in all
+            assert db.info()["map_size"] >= 8 << 20
+        print("ok")
+        """
+    # timeout=1: if this process had to remap, the snapshot would be ended after 1 s.
+    with objstore.open(path, "r", timeout=1) as db, db.snapshot() as snap:
+        grower = subprocess.Popen([sys.executable, "-c", textwrap.dedent(writer), str(path)], cwd=ROOT)
+        try:
+            while grower.poll() is None:
+                assert db["a"] == 1
+                assert snap["a"] == 1
+            assert grower.wait(DEADLINE) == 0
+        finally:
+            if grower.poll() is None:
+                grower.kill()
+                grower.wait()
+        assert len(db) > 2000 and snap["a"] == 1 and len(snap) == 1

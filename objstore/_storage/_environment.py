@@ -38,6 +38,7 @@ from ._common import (
     Options,
     T,
     _is_transient,
+    affordable_map_size,
     translate,
 )
 from ._transactions import ReadTxn, WriteTxn
@@ -120,7 +121,7 @@ class _Environment:
             "map_async": False,
             # Adopt the stored map size of an existing store: a smaller value
             # would silently shrink the map to the used size.
-            "map_size": self.options.map_size if create else 0,
+            "map_size": affordable_map_size(self.options.map_size) if create else 0,
             **flags,
         }
         if create:
@@ -142,8 +143,11 @@ class _Environment:
         try:
             _check_size(env, self.path)
             env.reader_check()
-            if self.writable and env.info()["map_size"] < self.options.map_size:
-                env.set_mapsize(self.options.map_size)
+            # Readers too: a reader whose map the data outgrows must remap, which
+            # waits for its snapshots; reserving ahead makes that rare.
+            wanted = affordable_map_size(self.options.map_size)
+            if env.info()["map_size"] < wanted:
+                env.set_mapsize(wanted)
         except lmdb.Error as exc:
             env.close()
             raise translate(exc, self.path, "open the store") from exc
