@@ -64,6 +64,7 @@ from ._storage import (
     Options,
     ReadTxn,
     Storage,
+    closing_at_exit,
     open_store,
 )
 
@@ -975,7 +976,9 @@ def open(
 
 @atexit.register
 def _close_open_shelves() -> None:
-    # Write back caches and flush stores whose durability defers flushing.
+    # Write back caches and flush stores whose durability defers flushing. A
+    # store another (daemon) thread is still inside is flushed, not closed.
+    closing_at_exit()
     for shelf in list(_open_shelves.values()):
         try:
             shelf.close()

@@ -50,6 +50,7 @@ from ._common import (
     Storage,
     Value,
 )
+from ._environment import closing_at_exit
 from ._open import filesystem_type, open_store
 from ._store import Store
 from ._transactions import ReadTxn, WriteTxn
@@ -67,6 +68,7 @@ __all__ = [
     "Storage",
     "Value",
     "WriteTxn",
+    "closing_at_exit",
     "filesystem_type",
     "open_store",
 ]

@@ -45,7 +45,11 @@ MAX_READERS = 1024
 # real before LMDB maps it, because touching a page of a sparse lock file on a
 # full filesystem kills the process with SIGBUS.
 LOCK_FILE_SIZE = 192 + (MAX_READERS - 1) * 64
-DEFAULT_MAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 1 << 26
+# The map is address space, not disk (the data file grows only with the data,
+# without writemap it stays sparse): reserve far ahead on 64-bit, so that the
+# map rarely has to grow. Growing stalls every process whose map the data
+# outgrows while one of its threads holds a snapshot (docs/concurrency.md).
+DEFAULT_MAP_SIZE = 1 << 36 if sys.maxsize > 2**32 else 1 << 26
 MAX_MAP_SIZE = 1 << 46 if sys.maxsize > 2**32 else 3 << 29
 BATCH_ITEMS = 1024
 BATCH_BYTES = 4 << 20
@@ -204,6 +208,24 @@ def _put_new(txn: Txn, db: Any, key: bytes, value: Value) -> bytes | None:
 
 
 # ------------------------------------------------------------ error mapping
+
+
+def affordable_map_size(size: int) -> int:
+    """`size`, capped so that a map this large fits under the process's address-space limit.
+
+    A failed remap leaves LMDB's environment without a map, so the size must
+    fit before it is asked for: with ``ulimit -v`` set, a map takes at most
+    an eighth of it.
+    """
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return size
+    if limit == resource.RLIM_INFINITY or limit <= 0:
+        return size
+    return max(1 << 20, min(size, limit // 8))
 
 
 def translate(exc: BaseException, path: str, action: str) -> BaseException:

@@ -7,11 +7,12 @@ import errno
 import gc
 import json
 import os
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -37,6 +38,7 @@ from ._common import (
     Options,
     T,
     _is_transient,
+    affordable_map_size,
     translate,
 )
 from ._transactions import ReadTxn, WriteTxn
@@ -56,6 +58,16 @@ class _Registry:
 REGISTRY = _Registry()
 _kept_forever: list[object] = []
 _FORK_WAIT = 1.0  # seconds fork() waits for other threads' write transactions to end
+# Seconds closing waits for other threads to leave the storage code: at
+# interpreter exit briefly (see `closing_at_exit`), else up to the timeout.
+_EXIT_WAIT = 1.0
+_exiting = False
+
+
+def closing_at_exit() -> None:
+    """Make closes from now on wait only briefly for other threads (the interpreter is exiting)."""
+    global _exiting
+    _exiting = True
 
 
 class _Environment:
@@ -85,6 +97,9 @@ class _Environment:
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
         self._resizing = False
+        # Threads waiting for a resize to end: their own long-lived transactions
+        # must not hold that resize up (it would wait for them as they wait for it).
+        self._waiting: set[int] = set()
         self._fork_pending = False
         # Weak, so a snapshot the caller forgot to close still frees its reader slot.
         self._long_lived: weakref.WeakSet[ReadTxn] = weakref.WeakSet()
@@ -108,7 +123,7 @@ class _Environment:
             "mode": self.options.mode,
             # Adopt the stored map size of an existing store: a smaller value
             # would silently shrink the map to the used size.
-            "map_size": self.options.map_size if create else 0,
+            "map_size": affordable_map_size(self.options.map_size) if create else 0,
             **flags,
         }
         if create:
@@ -130,8 +145,11 @@ class _Environment:
         try:
             _check_size(env, self.path)
             env.reader_check()
-            if self.writable and env.info()["map_size"] < self.options.map_size:
-                env.set_mapsize(self.options.map_size)
+            # Readers too: a reader whose map the data outgrows must remap, which
+            # waits for its snapshots; reserving ahead makes that rare.
+            wanted = affordable_map_size(self.options.map_size)
+            if env.info()["map_size"] < wanted:
+                env.set_mapsize(wanted)
         except lmdb.Error as exc:
             env.close()
             raise translate(exc, self.path, "open the store") from exc
@@ -211,10 +229,12 @@ class _Environment:
                 self._guard.wait(0.01)
 
     def _other_writers(self, me: int) -> bool:
+        """Whether a thread other than `me` holds (or is beginning) a write transaction."""
         # Registered before they begin, so a transaction being begun counts too.
         return any(
-            isinstance(t, WriteTxn) and t.thread != me and t._txn is not None for t in self._long_lived
-        ) or any(thread != me for thread in self.writers)
+            isinstance(t, WriteTxn) and t.thread != me and t._txn is not None and not t._done
+            for t in list(self._long_lived)
+        ) or any(thread != me and self.writer_of(thread) is not None for thread in list(self.writers))
 
     def after_fork_in_parent(self) -> None:
         with self._guard:
@@ -345,7 +365,7 @@ class _Environment:
         env = self.lmdb_env
         assert env is not None
         seen = env.info()["map_size"]
-        with self._resize_lock:
+        with self._resize_turn():
             if env.info()["map_size"] > seen:
                 return  # another thread of this process grew it meanwhile
             env.reader_check()  # slots of dead readers pin pages that could be reused instead
@@ -356,8 +376,42 @@ class _Environment:
 
     def resize(self, size: int) -> None:
         """Adopt a map size another process set (size 0), waiting for this process's transactions."""
-        with self._resize_lock:
+        with self._resize_turn():
             self._set_mapsize(size, coordinate=False)
+
+    @contextmanager
+    def _resize_turn(self) -> Iterator[None]:
+        """Hold the resize lock; while waiting for it, let the resize in progress pass this thread."""
+        if not self._resize_lock.acquire(blocking=False):
+            with self._waiting_for_resize():
+                self._resize_lock.acquire()
+        try:
+            yield
+        finally:
+            self._resize_lock.release()
+
+    @contextmanager
+    def _waiting_for_resize(self) -> Iterator[None]:
+        """Mark this thread as waiting for a resize, so that the resize does not wait for it.
+
+        A thread that holds a snapshot and begins another transaction (or
+        grows the map) while another thread's resize waits for that snapshot
+        would otherwise wait forever for the resize that waits for it. Its
+        snapshot is ended by the resize instead, as if it had grown the map itself.
+        """
+        me = threading.get_ident()
+        with self._guard:
+            self._waiting.add(me)
+            self._guard.notify_all()
+        try:
+            yield
+        finally:
+            self._waiting.discard(me)
+
+    def _holds_up_resize(self, txn: ReadTxn, me: int) -> bool:
+        # Finished transactions may still be registered when an interrupt hit
+        # their bookkeeping: they hold nothing up.
+        return txn.thread != me and txn.thread not in self._waiting and not txn._done
 
     def _set_mapsize(self, size: int, coordinate: bool) -> None:
         """Set the map size once no other thread's transaction is open (or the timeout passed).
@@ -366,21 +420,24 @@ class _Environment:
         are waited for (new ones wait meanwhile), short single operations just
         retry. With `coordinate`, the maintenance lock makes growth one process
         at a time; it is taken only after the wait, so other processes never
-        wait for this process's transactions.
+        wait for this process's transactions. Whatever interrupts it (a
+        timeout, Ctrl-C, a close), the resize flag is cleared on the way out.
         """
         env = self.lmdb_env
         assert env is not None
         me = threading.get_ident()
         timeout = self.options.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._guard:
-            self._resizing = True
-            while any(t.thread != me for t in self._long_lived):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break  # they will find themselves expired
-                self._guard.wait(0.05 if left is None else min(left, 0.05))
         try:
+            with self._guard:
+                self._resizing = True
+                while any(self._holds_up_resize(t, me) for t in self._long_lived):
+                    if self.closed:
+                        raise ClosedError("cannot grow the store: it was closed meanwhile")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break  # they will find themselves expired
+                    self._guard.wait(0.05 if left is None else min(left, 0.05))
             with _lock.maintenance(self.path, timeout) if coordinate else nullcontext():
                 while True:
                     try:
@@ -398,14 +455,20 @@ class _Environment:
                             ) from None
                         time.sleep(0.001)
         finally:
+            # First the flag (no call before it an interrupt could land in), then the wake-up.
+            self._resizing = False
             with self._guard:
-                self._resizing = False
                 self._guard.notify_all()
 
     def register(self, txn: ReadTxn) -> None:
+        """Count `txn` as long-lived (a resize waits for it); wait while a resize is under way."""
         with self._guard:
-            while self._resizing:
-                self._guard.wait()
+            if self._resizing:
+                with self._waiting_for_resize():
+                    while self._resizing and not self.closed:
+                        self._guard.wait(0.05)
+            if self.closed:
+                raise ClosedError("the store was closed")
             self._long_lived.add(txn)
 
     def unregister(self, txn: ReadTxn) -> None:
@@ -413,29 +476,105 @@ class _Environment:
             self._long_lived.discard(txn)
             self._guard.notify_all()
 
+    def writer_of(self, thread: int) -> WriteTxn | None:
+        """The open write transaction of `thread`, forgetting any an interrupt left behind."""
+        txn = self.writers.get(thread)
+        while txn is not None and (txn._done or txn._txn is None):
+            # Finished, but a KeyboardInterrupt skipped the rest of its bookkeeping.
+            txn = txn.parent
+            if txn is None:
+                self.writers.pop(thread, None)
+            else:
+                self.writers[thread] = txn
+        return txn
+
     # -- closing
 
     def release(self) -> None:
-        """Drop one handle; close the environment with the last one."""
+        """Drop one handle; close the environment with the last one.
+
+        The environment is closed only once no other thread is inside it:
+        freeing LMDB objects another thread is using crashes the process. From
+        the moment of the close, other threads' operations raise `ClosedError`;
+        the close waits for those already inside LMDB to come out, and for
+        other threads' write transactions (which only their own thread may
+        end) it is left to the last of them.
+        """
         with REGISTRY.lock:
             self.handles -= 1
             if self.handles > 0:
                 return
             self.closed = True
-            if REGISTRY.envs.get(self.path) is self:
-                del REGISTRY.envs[self.path]
-            env, self.lmdb_env = self.lmdb_env, None
-            self.data = None
-            try:
-                if env is not None and self.pid == os.getpid():
-                    try:
-                        if self.writable and self.options.durability != "full":
-                            env.sync(True)
-                    finally:
+            with self._guard:
+                self._guard.notify_all()  # waits for resizes see the close
+            self._close_when_idle()
+
+    def _close_when_idle(self) -> None:
+        """Close the LMDB environment now, or leave it to the last other thread's writer."""
+        me = threading.get_ident()
+        if self.lmdb_env is not None and self.pid == os.getpid() and self._other_writers(me):
+            return  # WriteTxn._finish of the last one calls this again
+        if REGISTRY.envs.get(self.path) is self:
+            del REGISTRY.envs[self.path]
+        env, self.lmdb_env = self.lmdb_env, None
+        self.data = None
+        try:
+            if env is not None and self.pid == os.getpid():
+                try:
+                    if self.writable and self.options.durability != "full":
+                        env.sync(True)
+                finally:
+                    if self._wait_until_idle(me):
                         env.close()
-            finally:
-                if self.openers is not None:
-                    self.openers.close()
+                    else:
+                        # A thread is still inside LMDB: never free what it uses.
+                        # LMDB is crash-safe; the OS releases it at exit.
+                        _keep_forever(env)
+        finally:
+            if self.openers is not None:
+                self.openers.close()
+                self.openers = None
+
+    def writer_done(self) -> None:
+        """After another thread's write transaction ended: close now if a close waited for it."""
+        if self.closed and self.lmdb_env is not None:
+            with REGISTRY.lock:
+                if self.closed and self.lmdb_env is not None and self.handles <= 0:
+                    self._close_when_idle()
+
+    def _wait_until_idle(self, me: int) -> bool:
+        """Wait until no other thread runs storage code on this environment; False if one still does."""
+        timeout = _EXIT_WAIT if _exiting else self.options.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._threads_inside(me):
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def _threads_inside(self, me: int) -> bool:
+        """Whether a thread other than `me` is running storage code on this environment.
+
+        Read from the threads' stacks, not counted by each operation: this
+        costs the hot paths nothing, and no interrupt can leave it wrong, as it
+        could a count. A thread sees `closed` before it touches LMDB, so once
+        none is inside, none will be.
+        """
+        from ._store import Store
+
+        for thread, frame in sys._current_frames().items():
+            if thread == me:
+                continue
+            f: Any = frame
+            while f is not None:
+                if f.f_globals.get("__name__", "").startswith(__package__ or "objstore._storage"):
+                    for value in f.f_locals.values():
+                        if value is self or (
+                            isinstance(value, (Store, ReadTxn)) and value._environment is self
+                        ):
+                            return True
+                f = f.f_back
+        return False
 
 
 def _check_size(env: lmdb.Environment, path: str) -> None:
@@ -541,3 +680,4 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
     )
+

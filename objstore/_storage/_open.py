@@ -301,6 +301,10 @@ def open_store(
     real = os.path.realpath(path)
     with REGISTRY.lock:
         environment = REGISTRY.envs.get(real)
+        if environment is not None and environment.closed:
+            # Closed while another thread's write transaction was open, which
+            # closes it when it ends: the environment is still open, use it again.
+            environment.closed = False
         if environment is not None and (environment.lmdb_env is None or environment.pid != os.getpid()):
             environment.reopen()  # inherited across fork: reopen it, do not open a second one
         if environment is None:

@@ -12,6 +12,7 @@ import lmdb
 
 from .._errors import ReadOnlyError
 from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new, translate
+from ._environment import REGISTRY
 from ._transactions import ReadTxn, WriteTxn, _transaction
 
 if TYPE_CHECKING:
@@ -26,18 +27,19 @@ class Store:
     transaction this thread holds on the store.
     """
 
-    __slots__ = ("_environment", "path", "readonly", "settings")
+    __slots__ = ("_environment", "_released", "path", "readonly", "settings")
 
     def __init__(self, environment: _Environment, readonly: bool) -> None:
         self._environment = environment
         self.path = environment.path
         self.readonly = readonly
         self.settings = environment.settings
+        self._released = False
 
     def _joined(self) -> WriteTxn | None:
         env = self._environment
         if env.writers:
-            return env.writers.get(threading.get_ident())
+            return env.writer_of(threading.get_ident())
         return None
 
     def in_transaction(self) -> bool:
@@ -59,8 +61,10 @@ class Store:
 
     def get(self, key: bytes) -> bytes | None:
         env = self._environment
-        if env.writers and threading.get_ident() in env.writers:
-            return env.writers[threading.get_ident()].get(key)
+        if env.writers:
+            joined = env.writer_of(threading.get_ident())
+            if joined is not None:
+                return joined.get(key)
         try:
             # No `with`: the temporary transaction is freed, which aborts it and
             # frees its reader slot, as soon as get() returns; that saves the
@@ -74,9 +78,11 @@ class Store:
         if self.readonly:
             raise _read_only(self.path, "store a value")
         env = self._environment
-        if env.writers and threading.get_ident() in env.writers:
-            env.writers[threading.get_ident()].put(key, value)
-            return
+        if env.writers:
+            joined = env.writer_of(threading.get_ident())
+            if joined is not None:
+                joined.put(key, value)
+                return
         try:
             txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
             try:
@@ -175,7 +181,13 @@ class Store:
             raise translate(exc, self.path, "sync") from exc
 
     def close(self) -> None:
-        self._environment.release()
+        """Release this handle's share of the environment; idempotent, also across threads."""
+        env = self._environment
+        with REGISTRY.lock:
+            if self._released:
+                return
+            self._released = True
+            env.release()
 
     def info(self) -> dict[str, Any]:
         """Facts about the store for people: sizes, settings, readers."""

@@ -41,6 +41,9 @@ class ReadTxn:
         self.thread = threading.get_ident()
         self.pid = os.getpid()
         self.expired = False
+        # Set first when the transaction ends, so that an interrupt in the rest
+        # of the bookkeeping leaves it recognisably over (see _Environment.writer_of).
+        self._done = False
         self._txn: Txn | None = None
         self._db = environment.data
 
@@ -55,20 +58,23 @@ class ReadTxn:
             except Exception as exc:
                 env.unregister(self)
                 env.recover(exc, attempt, "open a snapshot")
+            except BaseException:
+                self.end()
+                raise
 
     def forget(self) -> None:
         self._txn = None
 
     def end(self) -> None:
         """End the transaction; the mapping over it is closed from now on."""
-        txn, self._txn = self._txn, None
-        env = self._environment
-        if txn is not None and self.pid == os.getpid():
-            try:
-                txn.abort()
-            except lmdb.Error:
-                pass  # already invalidated by a resize
-        env.unregister(self)
+        self._done = True
+        # Dropping the reference, not abort(): another thread may be inside
+        # LMDB with this transaction (a shelf's close() ends its snapshots),
+        # and aborting it under that thread crashes. The lmdb object aborts
+        # itself, freeing its reader slot, when the last reference goes, which
+        # without such a thread is here and now.
+        self._txn = None
+        self._environment.unregister(self)
 
     def _live(self) -> Txn:
         txn = self._txn
@@ -76,6 +82,8 @@ class ReadTxn:
             if self.pid != os.getpid():
                 raise TransactionError("this transaction was opened in the parent process before fork()")
             raise ClosedError("the transaction or snapshot is closed")
+        if self._environment.closed:
+            raise ClosedError("the store was closed while this transaction or snapshot was open")
         if self.expired:
             raise TransactionError(
                 "this snapshot ended because the store's map had to grow while it was open (the "
@@ -143,11 +151,17 @@ class WriteTxn(ReadTxn):
         # None deletes its key, a key None empties the store.
         self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
         self._id = 0
-        self._done = False
 
     # -- lifecycle
 
     def _begin(self) -> None:
+        try:
+            self._begin_levels()
+        except BaseException:
+            self._finish()  # also when interrupted: never leave a half-begun transaction behind
+            raise
+
+    def _begin_levels(self) -> None:
         env = self._environment
         if self.parent is None:
             env.wait_for_fork()
@@ -159,63 +173,87 @@ class WriteTxn(ReadTxn):
                     env.unregister(self)
                     env.recover(exc, attempt, "begin a transaction")
                     continue
+                self._txn = txn
+                if env.closed:
+                    self._finish()
+                    raise ClosedError("cannot begin a transaction: the store was closed meanwhile")
                 # A transaction cannot simply be rerun, so make room now, while
                 # this process holds LMDB's writer lock and no other can fill
                 # the map before the caller's writes: then only a transaction
                 # writing half the map itself can run out of room.
                 if not (env.writable and env.needs_room()):
                     break
+                self._txn = None
                 txn.abort()
                 env.unregister(self)
                 env.grow()
-            self._txn = txn
             self._id = txn.id()
         else:
-            self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
+            try:
+                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
+            except lmdb.Error as exc:
+                raise self._error(exc, "begin a savepoint") from exc
         self._db = env.data
         env.writers[self.thread] = self
 
     def commit(self) -> None:
+        """Commit; whatever happens (an error, a KeyboardInterrupt), the transaction is over after.
+
+        An interrupt can land after LMDB committed and before this returns: the
+        commit then happened, and the caller sees only the interrupt.
+        """
         self._check_thread()
-        txn = self._live()
-        for attempt in range(_ATTEMPTS + 1):
-            try:
-                txn.commit()
-                break
-            except lmdb.MapFullError as exc:
-                # LMDB can need pages at commit time too; the commit aborted the transaction.
-                if attempt >= _ATTEMPTS:
-                    self._finish()
+        try:
+            txn = self._live()
+            for attempt in range(_ATTEMPTS + 1):
+                try:
+                    txn.commit()
+                    break
+                except lmdb.MapFullError as exc:
+                    # LMDB can need pages at commit time too; the commit aborted the transaction.
+                    if attempt >= _ATTEMPTS:
+                        raise self._error(exc, "commit the transaction") from exc
+                    txn = self._replay()
+                except lmdb.Error as exc:
                     raise self._error(exc, "commit the transaction") from exc
-                txn = self._replay()
-            except lmdb.Error as exc:
-                self._finish()
-                raise self._error(exc, "commit the transaction") from exc
-        if self.parent is not None:
-            self.parent._log.extend(self._log)
-        self._finish()
+            if self.parent is not None:
+                self.parent._log.extend(self._log)
+        finally:
+            # A statement first, not a call: an interrupt is taken at a call's
+            # start, and after the commit this must happen whatever comes.
+            self._done = True
+            self._finish()
 
     def abort(self) -> None:
-        txn = self._txn
-        if txn is not None and self.pid == os.getpid():
-            try:
-                txn.abort()
-            except lmdb.Error:
-                pass
+        self._done = True
         self._finish()
 
     def _finish(self) -> None:
-        if self._done:
-            return
+        """End the transaction and do the bookkeeping; idempotent.
+
+        If an interrupt cuts this short, `_done` already says the transaction
+        is over, and `_Environment.writer_of` completes the bookkeeping.
+        """
         self._done = True
+        txn, self._txn = self._txn, None
         env = self._environment
-        self._txn = None
+        if txn is not None and self.pid == os.getpid() and env.lmdb_env is not None:
+            # Explicitly, here, in its own thread: freed later (a frame kept by a
+            # traceback, collected by another thread) it would be aborted by a
+            # thread that does not own LMDB's writer lock, which then stays locked.
+            try:
+                txn.abort()  # after a commit, this does nothing
+            except lmdb.Error:
+                pass  # already ended by a failed commit or a resize
         self._log = []
+        writers = env.writers
         if self.parent is None:
-            env.writers.pop(self.thread, None)
+            if writers.get(self.thread) is self:
+                del writers[self.thread]
             env.unregister(self)
-        else:
-            env.writers[self.thread] = self.parent
+            env.writer_done()
+        elif writers.get(self.thread) is self:
+            writers[self.thread] = self.parent
 
     def end(self) -> None:
         self.abort()
@@ -356,8 +394,8 @@ class WriteTxn(ReadTxn):
 def _transaction(environment: _Environment, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
     """Commit on normal exit, roll back (and re-raise) on an exception."""
     txn = WriteTxn(environment, parent, blind)
-    txn._begin()
     try:
+        txn._begin()
         yield txn
     except BaseException:
         txn.abort()
