@@ -53,6 +53,7 @@ __all__ = [
 ]  # fmt: skip
 
 MAINTENANCE_LOCK = "objstore.lock"
+_LONE_OPENER_GRACE = 0.5  # seconds: far longer than a lone opener's exclusive moment
 OPENERS_LOCK = "objstore.openers"
 
 # Errors that mean "cannot create or open a lock file here", which for a
@@ -175,11 +176,16 @@ class OpenersLock:
         if self._try(fcntl.LOCK_EX):
             self.alone = True
             return
-        self._wait(fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH, timeout)
+        if self.exclusive:
+            self._wait(fcntl.LOCK_EX, timeout)
+        else:
+            # A lone opener holds the lock exclusively for a moment (see _open):
+            # even timeout=0 waits that long rather than failing.
+            self._wait(fcntl.LOCK_SH, timeout, grace=_LONE_OPENER_GRACE)
         self.alone = self.exclusive
 
-    def _wait(self, mode: int, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _wait(self, mode: int, timeout: float | None, grace: float = 0.0) -> None:
+        deadline = None if timeout is None else time.monotonic() + max(timeout, grace)
         pause = 0.001
         while not self._try(mode):
             if deadline is not None and time.monotonic() >= deadline:

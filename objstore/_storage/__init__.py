@@ -15,15 +15,18 @@ It must never:
   the caller opened): every single operation and every iteration batch uses
   its own short transaction and copies the bytes out;
 - open a second environment on a path this process already has open (py-lmdb
-  refuses), delete or recreate a store's files, or touch ``lock.mdb``;
+  refuses), delete or recreate a store's files, or open ``lock.mdb`` while this
+  process has the environment open (closing it would drop LMDB's fcntl locks;
+  before opening, ``_open`` allocates it and checks its identity);
 - let an ``lmdb`` exception escape.
 
 On disk a store is a directory::
 
     data.mdb          LMDB data file: keys, values and the metadata record
-    lock.mdb          LMDB reader table and writer mutex
+    lock.mdb          LMDB reader table and writer mutex (allocated in full)
     objstore.lock     maintenance lock (create, initialise, grow)
-    objstore.openers  lock held by every process that has the store open
+    objstore.openers  lock held by every process that has the store open;
+                      holds the identity of the lock.mdb in use
 
 Concurrency model, in short: LMDB gives many concurrent readers and one
 writer at a time across processes. Within a process, a write transaction
