@@ -282,18 +282,20 @@ class _Reader(Mapping[str, Any]):
             while True:
                 batch = self._source.batch(lo, hi, reverse, values, after, limit)
                 live[id(token)] = batch
+                # Read before the caller resumes: another thread's close() empties the batch.
+                full = len(batch) >= limit
+                if full and values:
+                    size = sum(map(len, map(itemgetter(1), batch)))
+                    limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
+                    after = batch[-1][0]
+                elif full:
+                    after = batch[-1]
                 if batch:
                     yield batch
                 if isinstance(self._source, _Closed):
                     self._source.closed_get()  # closed while iterating: raises ClosedError
-                if len(batch) < limit:
+                if not full:
                     return
-                if values:
-                    size = sum(map(len, map(itemgetter(1), batch)))
-                    limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
-                    after = batch[-1][0]
-                else:
-                    after = batch[-1]
         finally:
             live.pop(id(token), None)
 

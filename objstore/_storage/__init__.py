@@ -34,6 +34,11 @@ belongs to its thread; operations a thread makes while it holds one join it.
 Growing the map needs no open transaction in the process, so long-lived
 transactions (snapshots, user transactions) register themselves and a grower
 waits for them; single operations are short and simply retried.
+Closing frees LMDB objects only once no other thread is inside them (read
+from the threads' stacks, so the hot paths pay nothing) and leaves other
+threads' write transactions to end in their own thread; every piece of
+bookkeeping after a commit or an abort is ordered so that a
+``KeyboardInterrupt`` at any point leaves state that is over or repaired.
 
 Modules: ``_common`` (settings, the `Storage` interface, primitives on an
 lmdb transaction, error translation), ``_environment`` (one environment per

@@ -274,6 +274,7 @@ class _Environment:
         self._resize_lock = threading.Lock()
         self._guard = threading.Condition()
         self._resizing = self._fork_pending = False
+        self._waiting = set()
 
     def reopen(self) -> None:
         """Reopen after fork, in the child, on first use."""
