@@ -18,7 +18,11 @@ written back by ``sync()``/``close()``), but writes back in one transaction
 and only the entries whose pickle changed.
 
 Keys are encoded as UTF-8 and kept in sorted (code point) order, which the
-range methods (``iterkeys``, ``iteritems``, ``first``, ``last``) expose.
+range methods (``iterkeys``, ``iteritems``, ``first``, ``last``) expose. Keys
+of any length are accepted: one longer than LMDB's 511-byte limit is stored
+under its first 494 bytes, a marker and a hash, its record keeping the whole
+key (docs/format.md says where such keys sort). Only writes refuse a key that
+cannot be one (empty, not valid Unicode); lookups answer "absent".
 """
 
 from __future__ import annotations
