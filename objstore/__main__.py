@@ -50,11 +50,16 @@ def info(path: str) -> int:
 
 
 def check(path: str) -> int:
-    """Verify every value record; exit 1 if any is damaged."""
+    """Verify every entry (value records and keys); exit 1 if any is damaged."""
     with open_store(path, "r") as db:
         damaged = db.verify()
     for key in damaged:
-        print(f"damaged: {key!r}")
+        try:
+            key.encode()
+        except UnicodeEncodeError:  # a key that cannot be read: verify() names it by its bytes
+            print(f"damaged key (stored as {key.encode('utf-8', 'surrogateescape')!r})")
+        else:
+            print(f"damaged: {key!r}")
     print(f"{len(damaged)} damaged record(s)")
     return 1 if damaged else 0
 

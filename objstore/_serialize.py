@@ -14,16 +14,24 @@ Value record, format 1
 ----------------------
 A record is the pickle stream followed by a five-byte trailer::
 
-    +----------------------+--------+--------------------------+
-    | pickle stream        | kind   | CRC-32, little-endian    |
-    | (any protocol 0-5)   | 1 byte | 4 bytes                  |
-    +----------------------+--------+--------------------------+
+    +----------------------+--------------------+--------+--------------------------+
+    | pickle stream        | sections (kind 2)  | kind   | CRC-32, little-endian    |
+    | (any protocol 0-5)   |                    | 1 byte | 4 bytes                  |
+    +----------------------+--------------------+--------+--------------------------+
 
 - ``kind`` says how the bytes before it are to be read. Kind 1 is a single
-  pickle stream. Other kinds are reserved for later features (out-of-band
-  buffers, compression, signatures, references), which add their own sections
-  between the pickle stream and the trailer; a reader refuses a kind it does
-  not know with `UnsupportedFormatError` instead of guessing.
+  pickle stream and nothing else. Kind 2 is a pickle stream followed by
+  *sections*, read from the end: the byte before ``kind`` is their number,
+  and each section, last first, ends with its tag (1 byte) preceded by the
+  length of its payload (4 bytes, little-endian) preceded by the payload::
+
+      pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
+
+  Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
+  to be LMDB keys themselves. Later features (out-of-band buffers,
+  compression, signatures, references) add their own tags, so any of them can
+  be combined in one record. A reader refuses a kind or a tag it does not
+  know with `UnsupportedFormatError` instead of guessing.
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
   Because the CRC is stored little-endian at the very end, the CRC-32 of a
   whole intact record is the fixed residue ``0x2144DF1C``: verifying a record
@@ -31,7 +39,7 @@ A record is the pickle stream followed by a five-byte trailer::
   optional ``isal`` package is installed (the same CRC-32, 4 to 10 times
   faster), else by ``zlib``.
 - The pickle stream comes first so it can be unpickled in place: pickle stops
-  at its STOP opcode and ignores the trailer.
+  at its STOP opcode and ignores the sections and the trailer.
 
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
@@ -63,6 +71,8 @@ __all__ = [
     "CRC_IMPLEMENTATION",
     "CRC_RESIDUE",
     "KIND_PICKLE",
+    "KIND_SECTIONS",
+    "SECTION_KEY",
     "TRAILER_SIZE",
     "Codec",
     "Pickler",
@@ -70,10 +80,18 @@ __all__ = [
     "dumps",
     "crc32",
     "loads",
+    "add_key_note",
+    "bad_record",
     "is_intact",
+    "record_key",
 ]
 
 KIND_PICKLE = 1
+KIND_SECTIONS = 2
+SECTION_KEY = 1
+_KNOWN_SECTIONS = frozenset({SECTION_KEY})
+_section_end = struct.Struct("<IB").pack  # payload length, tag
+_SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
 _trailer = struct.Struct("<BI").pack  # kind, CRC-32
 LARGE = 1 << 16  # values at least this big (by sys.getsizeof) are pickled into a buffer
@@ -137,6 +155,11 @@ def _shallow_size(value: Any) -> int:
         return 0
 
 
+def add_key_note(exc: BaseException, key: str) -> None:
+    """Name `key` in a note on `exc`, an error raised while unpickling its value."""
+    _add_note(exc, f"while unpickling the value of key {key!r}")
+
+
 def _add_note(exc: BaseException, note: str) -> None:
     # BaseException.add_note is new in 3.11; on 3.10 the note is kept where
     # 3.11+ tracebacks would show it.
@@ -186,8 +209,14 @@ class Codec:
     def _load_with_class(self, record: bytes) -> Any:
         return self.unpickler(io.BytesIO(record)).load()
 
-    def encode(self, value: Any, key: str) -> Record:
-        """Return the record for `value`; pickling errors carry a note naming `key`."""
+    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+        """Return the record for `value`; pickling errors carry a note naming `key`.
+
+        With `keep_key`, the record also holds the whole of `key` (a kind 2
+        record with a `SECTION_KEY` section), for keys the storage cannot keep.
+        """
+        if keep_key:
+            return _keep_key(self.encode(value, key), key)
         try:
             if self._stock_pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
@@ -212,8 +241,20 @@ class Codec:
         buffer.write(crc.to_bytes(4, "little"))
         return buffer.getbuffer()
 
-    def encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
-        """Return the records of `values` (named by `keys` in errors)."""
+    def encode_many(
+        self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
+    ) -> list[Record]:
+        """Return the records of `values` (named by `keys` in errors).
+
+        The records at the positions `keep_keys` hold their whole key, as with
+        ``encode(..., keep_key=True)``.
+        """
+        records = self._encode_many(values, keys)
+        for i in keep_keys:
+            records[i] = _keep_key(records[i], keys[i])
+        return records
+
+    def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
         if not self._stock_pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
@@ -231,29 +272,78 @@ class Codec:
         """Return the value held in `record`, checking its integrity first."""
         if not is_intact(record):
             raise bad_record(record, key)
+        # Every kind starts with the pickle stream, and pickle stops at its
+        # STOP opcode: the record is loaded in place, sections and all.
         try:
             return self.load(record)
         except Exception as exc:
-            _add_note(exc, f"while unpickling the value of key {key!r}")
+            add_key_note(exc, key)
             raise
 
 
+def _keep_key(record: Record, key: str) -> bytes:
+    """`record` (of kind 1) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
+    whole = str.encode(key)
+    body = b"".join(
+        (record[:-TRAILER_SIZE], whole, _section_end(len(whole), SECTION_KEY), bytes((1, KIND_SECTIONS)))
+    )
+    return body + crc32(body).to_bytes(4, "little")
+
+
+def _sections(record: bytes) -> dict[int, bytes] | None:
+    """The sections of a kind 2 record, by tag; None if they do not fit in the record."""
+    end = len(record) - TRAILER_SIZE - 1  # the section count
+    if end < 0:
+        return None
+    found: dict[int, bytes] = {}
+    for _ in range(record[end]):
+        if end < _SECTION_END:
+            return None
+        tag = record[end - 1]
+        start = end - _SECTION_END - int.from_bytes(record[end - _SECTION_END : end - 1], "little")
+        if start < 0 or tag in found:
+            return None
+        found[tag] = bytes(record[start : end - _SECTION_END])
+        end = start
+    return found
+
+
 def is_intact(record: bytes) -> bool:
-    """Whether `record` passes its CRC and is of the kind this version reads."""
+    """Whether `record` passes its CRC and is of a kind (with sections) this version reads."""
     # One CRC call over the whole record, no slicing (see the module docstring).
     try:
-        return crc32(record) == CRC_RESIDUE and record[-TRAILER_SIZE] == KIND_PICKLE
+        if crc32(record) != CRC_RESIDUE:
+            return False
+        kind = record[-TRAILER_SIZE]
     except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
         return False
+    if kind == KIND_PICKLE:
+        return True
+    if kind != KIND_SECTIONS:
+        return False
+    sections = _sections(record)
+    return sections is not None and sections.keys() <= _KNOWN_SECTIONS
+
+
+def record_key(record: bytes) -> bytes | None:
+    """The whole key (UTF-8) that `record` holds; None if it holds none or fails its check."""
+    if len(record) <= TRAILER_SIZE or record[-TRAILER_SIZE] != KIND_SECTIONS or not is_intact(record):
+        return None
+    sections = _sections(record)
+    return None if sections is None else sections.get(SECTION_KEY)
 
 
 def bad_record(record: bytes, key: str) -> Exception:
     """Return the error for a record that failed its check: damaged, or of an unknown kind."""
     if len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
-        return UnsupportedFormatError(
-            f"the value of key {key!r} is a record of kind {record[-TRAILER_SIZE]}, written by a "
-            "newer objstore; upgrade objstore to read it"
-        )
+        kind = record[-TRAILER_SIZE]
+        sections = _sections(record) if kind == KIND_SECTIONS else {}
+        if kind != KIND_SECTIONS or sections is not None:
+            unknown = f"kind {kind}" if kind != KIND_SECTIONS else f"sections {sorted(sections or ())}"
+            return UnsupportedFormatError(
+                f"the value of key {key!r} is a record of {unknown}, written by a newer objstore; "
+                "upgrade objstore to read it"
+            )
     return CorruptError(
         f"the value of key {key!r} is damaged ({len(record)} bytes failed their CRC-32 check); "
         "other keys are unaffected: delete or overwrite this key, or restore it from a backup",

@@ -18,7 +18,11 @@ written back by ``sync()``/``close()``), but writes back in one transaction
 and only the entries whose pickle changed.
 
 Keys are encoded as UTF-8 and kept in sorted (code point) order, which the
-range methods (``iterkeys``, ``iteritems``, ``first``, ``last``) expose.
+range methods (``iterkeys``, ``iteritems``, ``first``, ``last``) expose. Keys
+of any length are accepted: one longer than LMDB's 511-byte limit is stored
+under its first 494 bytes, a marker and a hash, its record keeping the whole
+key (docs/format.md says where such keys sort). Only writes refuse a key that
+cannot be one (empty, not valid Unicode); lookups answer "absent".
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ from collections.abc import (
 )
 from contextlib import contextmanager
 from functools import partial
+from hashlib import blake2b
 from operator import itemgetter
 from typing import Any, NoReturn, TypeVar
 
-from ._errors import ClosedError, ConflictError, ReadOnlyError, UnsupportedFormatError
+from ._errors import ClosedError, ConflictError, CorruptError, ReadOnlyError, UnsupportedFormatError
 from ._serialize import (
     CRC_IMPLEMENTATION,
     CRC_RESIDUE,
@@ -52,8 +57,10 @@ from ._serialize import (
     Pickler,
     Record,
     Unpickler,
+    add_key_note,
     crc32,
     is_intact,
+    record_key,
 )
 from ._storage import (
     BATCH_BYTES,
@@ -80,49 +87,122 @@ _V = TypeVar("_V")
 # ------------------------------------------------------------------- keys
 
 
-def encode_key(key: str) -> bytes:
-    """Return the stored form of `key`, or raise the error that says why it cannot be one."""
+# Keys of at most MAX_KEY_SIZE bytes of UTF-8 are their own LMDB key. A longer
+# key is stored under its first _LONG_PREFIX bytes, the marker 0xfe (never in
+# UTF-8, and below the 0xff of prefix bounds) and a hash of the whole key; its
+# record keeps the whole key (see docs/format.md).
+_DIGEST_SIZE = 16
+_LONG_PREFIX = MAX_KEY_SIZE - 1 - _DIGEST_SIZE  # 494: a stored long key is MAX_KEY_SIZE bytes
+_MARKER = 0xFE
+_MARKER_BYTE = bytes((_MARKER,))
+
+
+def _digest(encoded: bytes) -> bytes:
+    """The hash of a whole long key, part of its LMDB key."""
+    return blake2b(encoded, digest_size=_DIGEST_SIZE).digest()
+
+
+def _long_form(encoded: bytes) -> bytes:
+    """The LMDB key of the key whose UTF-8 is `encoded`, longer than MAX_KEY_SIZE bytes."""
+    return encoded[:_LONG_PREFIX] + _MARKER_BYTE + _digest(encoded)
+
+
+def _is_long_form(raw: bytes) -> bool:
+    """Whether the LMDB key `raw` stands for a long key (whose record holds the whole key)."""
+    return len(raw) == MAX_KEY_SIZE and raw[_LONG_PREFIX] == _MARKER
+
+
+def _utf8(key: object) -> bytes:
+    """The UTF-8 of a key to store, or the error that says why it cannot be one."""
     if not isinstance(key, str):
         raise TypeError(f"objstore keys must be str, not {type(key).__name__}")
     try:
-        encoded = key.encode()
+        # str.encode, never the key's own encode(): a str subclass must not choose its bytes.
+        encoded = str.encode(key)
     except UnicodeEncodeError as exc:
         raise ValueError(
             f"key {key!r} cannot be encoded as UTF-8 ({exc.reason}); objstore keys must be valid text"
         ) from None
     if not encoded:
-        raise ValueError("the empty string cannot be a key: LMDB keys are 1 to 511 bytes")
-    if len(encoded) > MAX_KEY_SIZE:
-        raise ValueError(
-            f"key is {len(encoded)} bytes in UTF-8; objstore keys are limited to {MAX_KEY_SIZE} bytes "
-            "(LMDB's key size limit): shorten it, or hash it and keep the full key in the value"
-        )
+        raise ValueError("the empty string cannot be a key: objstore keys are at least one character")
     return encoded
 
 
-def _chunks(encoded: list[bytes], keys: list[str], values: list[Any], codec: Codec) -> Iterator[Chunk]:
-    """The pairs of a bulk write as chunks for `Storage.put_many`, pickled one chunk at a time."""
+def encode_key(key: str) -> bytes:
+    """Return the LMDB key under which `key` is stored, or raise the error that says why it cannot be one."""
+    encoded = _utf8(key)
+    return encoded if len(encoded) <= MAX_KEY_SIZE else _long_form(encoded)
+
+
+def lookup_key(key: object) -> bytes | None:
+    """The UTF-8 of `key` to look it up; None if no stored key can be it; `TypeError` if not a str."""
+    if not isinstance(key, str):
+        raise TypeError(f"objstore keys must be str, not {type(key).__name__}")
+    try:
+        return str.encode(key) or None
+    except UnicodeEncodeError:
+        return None  # a lone surrogate: never stored, so absent
+
+
+def _chunks(
+    encoded: list[bytes], keys: list[str], values: list[Any], codec: Codec, long: list[int]
+) -> Iterator[Chunk]:
+    """The pairs of a bulk write as chunks for `Storage.put_many`, pickled one chunk at a time.
+
+    `long` lists the positions of the long keys, whose records keep the whole key.
+    """
     for i in range(0, len(keys), _CHUNK):
         part = slice(i, i + _CHUNK)
-        yield encoded[part], partial(codec.encode_many, values[part], keys[part])
+        keep = [j - i for j in long if i <= j < i + _CHUNK]
+        yield encoded[part], partial(codec.encode_many, values[part], keys[part], keep)
 
 
 def encode_keys(keys: list[str]) -> list[bytes]:
     """`encode_key` over a list, with the checks made once for the whole list."""
     try:
-        encoded = [key.encode() for key in keys]
-    except (AttributeError, UnicodeEncodeError):
+        encoded = list(map(str.encode, keys))
+    except (TypeError, UnicodeEncodeError):
         encoded = []
     if len(encoded) != len(keys) or (
-        keys
-        and (
-            set(map(type, keys)) != {str}
-            or min(map(len, encoded)) == 0
-            or max(map(len, encoded)) > MAX_KEY_SIZE
-        )
+        keys and (min(map(len, encoded)) == 0 or max(map(len, encoded)) > MAX_KEY_SIZE)
     ):
         return [encode_key(key) for key in keys]  # raises for the first bad key
     return encoded
+
+
+def _long_positions(encoded: list[bytes]) -> list[int]:
+    """The positions of the long keys in a list made by `encode_keys`."""
+    if not encoded or max(map(len, encoded)) < MAX_KEY_SIZE:
+        return []
+    return [i for i, raw in enumerate(encoded) if _is_long_form(raw)]
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def undecodable_key(raw: bytes) -> str:
+    """How an entry whose key cannot be read is named: its stored bytes, with lone surrogates.
+
+    No real key contains a lone surrogate, so the name cannot be mistaken for
+    one (and a lookup of it answers "absent").
+    """
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _own_record(record: bytes | None, encoded: bytes, key: str) -> bytes | None:
+    """`record`, found under the LMDB key of the long key `encoded`, if it is that key's.
+
+    An intact record holding another key (their hashes collide) is not this
+    key's: None. A damaged record is returned, for decoding to report it.
+    """
+    if record is None or record_key(record) == encoded or not is_intact(record):
+        return record
+    return None
 
 
 def _bound(value: str | None, name: str) -> bytes | None:
@@ -130,20 +210,59 @@ def _bound(value: str | None, name: str) -> bytes | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"{name} must be str or None, not {type(value).__name__}")
-    return value.encode()
+    # surrogatepass keeps code point order for bounds that are not valid text.
+    return str.encode(value, "utf-8", "surrogatepass")
 
 
-def _bounds(prefix: str | None, start: str | None, stop: str | None) -> tuple[bytes | None, bytes | None]:
-    """The byte range [lo, hi) of keys that start with `prefix` and lie in [start, stop)."""
+def _bounds(
+    prefix: str | None, start: str | None, stop: str | None
+) -> tuple[bytes | None, bytes | None, Callable[[str], bool] | None]:
+    """The LMDB key range [lo, hi) of keys that start with `prefix` and lie in [`start`, `stop`).
+
+    The range is exact for bounds of at most _LONG_PREFIX bytes of UTF-8.
+    Longer bounds cut into the first bytes of long keys, which is all their
+    LMDB keys keep of them: the range is then widened to every key sharing the
+    bound's first _LONG_PREFIX bytes, and the third item is the test the keys
+    found must pass (else None).
+    """
     lo = _bound(start, "start")
     hi = _bound(stop, "stop")
     p = _bound(prefix, "prefix")
+    exact = True
+    if lo is not None and len(lo) > _LONG_PREFIX:
+        lo, exact = lo[:_LONG_PREFIX], False
+    if hi is not None and len(hi) > _LONG_PREFIX:
+        hi, exact = hi[:_LONG_PREFIX] + b"\xff", False
     if p:
-        # No UTF-8 byte is 0xff, so exactly the keys starting with p lie in [p, p + b"\xff").
+        if len(p) > _LONG_PREFIX:
+            p, exact = p[:_LONG_PREFIX], False
+        # No UTF-8 byte is 0xff, nor is the long key marker 0xfe: exactly the
+        # LMDB keys starting with p lie in [p, p + b"\xff").
         lo = p if lo is None else max(lo, p)
         end = p + b"\xff"
         hi = end if hi is None else min(hi, end)
-    return lo, hi
+    if exact:
+        return lo, hi, None
+
+    def within(key: str) -> bool:
+        return (
+            (prefix is None or key.startswith(prefix))
+            and (start is None or key >= start)
+            and (stop is None or key < stop)
+        )
+
+    return lo, hi, within
+
+
+def _check_slot(txn: Any, stored: bytes, key: str) -> None:
+    """Refuse to store the long `key` under `stored` if another key's intact record is there."""
+    existing = txn.get(stored)
+    if existing is not None and is_intact(existing) and record_key(existing) != str.encode(key):
+        raise ValueError(
+            f"cannot store key {key[:60]!r}... ({len(str.encode(key))} bytes): its hash collides with "
+            "that of another long key in the store; nothing was stored. Change the key (e.g. add a "
+            "suffix)"
+        )
 
 
 class _Closed:
@@ -213,16 +332,16 @@ class _Reader(Mapping[str, Any]):
         return self._decode(record, key)
 
     def __getitem__(self, key: str) -> Any:
-        # The hot path: encode_key's checks written out for the common case.
+        # The hot path: lookup_key's checks written out for the common case.
         if type(key) is str:
             try:
                 encoded = key.encode()
             except UnicodeEncodeError:
-                encoded = encode_key(key)
+                raise KeyError(key) from None
             if not 0 < len(encoded) <= MAX_KEY_SIZE:
-                encoded = encode_key(key)
+                return self._getitem(key)
         else:
-            encoded = encode_key(key)
+            return self._getitem(key)
         record = self._get(encoded)
         if record is None:
             raise KeyError(key)
@@ -232,19 +351,40 @@ class _Reader(Mapping[str, Any]):
                 return self._load(record)
         except IndexError:
             pass
-        except Exception:
-            return self._decode(record, key)  # load again to raise with the key named
+        except Exception as exc:
+            add_key_note(exc, key)  # on the first error: loading again would rerun its side effects
+            raise
         return self._decode(record, key)
+
+    def _getitem(self, key: str) -> Any:
+        record = self._lookup(key)
+        if record is None:
+            raise KeyError(key)
+        return self._value(key, record)
+
+    def _lookup(self, key: str) -> bytes | None:
+        """The record of `key`; None if absent or if `key` cannot be a key (empty, not UTF-8)."""
+        encoded = lookup_key(key)
+        if encoded is None:
+            return None
+        if len(encoded) <= MAX_KEY_SIZE:
+            return self._get(encoded)
+        return _own_record(self._get(_long_form(encoded)), encoded, key)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value of `key`, or `default` if it is not in the store."""
-        record = self._source.get(encode_key(key))
+        record = self._lookup(key)
         if record is None:
             return default
         return self._value(key, record)
 
     def __contains__(self, key: object) -> bool:
-        return bool(self._source.contains(encode_key(key)))  # type: ignore[arg-type]
+        encoded = lookup_key(key)
+        if encoded is None:
+            return False
+        if len(encoded) <= MAX_KEY_SIZE:
+            return bool(self._source.contains(encoded))
+        return self._lookup(key) is not None  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return int(self._source.count())
@@ -299,13 +439,60 @@ class _Reader(Mapping[str, Any]):
         finally:
             live.pop(id(token), None)
 
+    def _key_of(self, raw: bytes, record: bytes | None) -> str | None:
+        """The key stored as `raw`, which is not UTF-8: a long key, or damage (`CorruptError`).
+
+        `record` is its record, or None to read it: then a key deleted since
+        `raw` was read gives None.
+        """
+        if not _is_long_form(raw):
+            raise CorruptError(
+                f"the key stored as {raw!r} is damaged (it is not valid UTF-8); the other keys are "
+                f"unaffected: `python -m objstore check {self._source.path}` lists every damaged "
+                "entry. Restore the store from a backup, or copy the other keys to a new store",
+                undecodable_key(raw),
+            )
+        if record is None:
+            record = self._get(raw)
+            if record is None:
+                return None
+        encoded = record_key(record)
+        if encoded is not None and _long_form(encoded) == raw:
+            try:
+                return encoded.decode()
+            except UnicodeDecodeError:
+                pass
+        raise CorruptError(
+            f"the record of the long key stored as {raw!r} is damaged, and with it the key; the other "
+            f"keys are unaffected: `python -m objstore check {self._source.path}` lists every damaged "
+            "entry. Restore the store from a backup, or copy the other keys to a new store",
+            undecodable_key(raw),
+        )
+
+    def _keys(self, batch: list[bytes], check: Callable[[str], bool] | None) -> Iterator[str]:
+        """The keys of a batch of LMDB keys that are not all UTF-8, or that must pass `check`."""
+        for raw in batch:
+            try:
+                key: str | None = raw.decode()
+            except UnicodeDecodeError:
+                key = self._key_of(raw, None)
+                if key is None:
+                    continue  # deleted since the batch was read
+            if check is None or check(key):  # type: ignore[arg-type]
+                yield key  # type: ignore[misc]
+
     def _records(
         self, prefix: str | None, start: str | None, stop: str | None, reverse: bool
     ) -> Iterator[tuple[str, bytes]]:
-        lo, hi = _bounds(prefix, start, stop)
+        lo, hi, check = _bounds(prefix, start, stop)
         for batch in self._batches(lo, hi, reverse, values=True):
             for raw_key, record in batch:
-                yield raw_key.decode(), record
+                try:
+                    key = raw_key.decode()
+                except UnicodeDecodeError:
+                    key = self._key_of(raw_key, record)
+                if check is None or check(key):
+                    yield key, record
 
     def iterkeys(
         self,
@@ -322,9 +509,22 @@ class _Reader(Mapping[str, Any]):
         transaction: changes made while iterating show from the next batch on.
         For a frozen view, iterate inside `snapshot()`.
         """
-        lo, hi = _bounds(prefix, start, stop)
+        lo, hi, check = _bounds(prefix, start, stop)
+        decode = bytes.decode
         for batch in self._batches(lo, hi, reverse, values=False):
-            yield from map(bytes.decode, batch)
+            if check is not None:
+                yield from self._keys(batch, check)
+                continue
+            try:
+                yield from map(decode, batch)
+            except UnicodeDecodeError:
+                # A long key (or damage): map stopped at the first key that is
+                # not UTF-8, and every key before it was yielded.
+                done = 0
+                for done, raw in enumerate(batch):  # noqa: B007
+                    if not _is_utf8(raw):
+                        break
+                yield from self._keys(batch[done:], None)
 
     def iteritems(
         self,
@@ -335,21 +535,29 @@ class _Reader(Mapping[str, Any]):
         reverse: bool = False,
     ) -> Iterator[tuple[str, Any]]:
         """Iterate over (key, value) pairs in key order; the bounds are those of `iterkeys`."""
-        lo, hi = _bounds(prefix, start, stop)
+        lo, hi, check = _bounds(prefix, start, stop)
         load, decode = self._load, self._decode
         for batch in self._batches(lo, hi, reverse, values=True):
             for raw_key, record in batch:
-                key = raw_key.decode()
+                try:
+                    key = raw_key.decode()
+                except UnicodeDecodeError:
+                    key = self._key_of(raw_key, record)
+                if check is not None and not check(key):
+                    continue
                 # Codec.decode's fast path, inlined as in __getitem__.
                 try:
                     if crc32(record) == CRC_RESIDUE and record[-TRAILER_SIZE] == KIND_PICKLE:
                         value = load(record)
                     else:
-                        value = decode(record, key)  # raises the error that says what is wrong
+                        value = _MISSING
                 except IndexError:
-                    value = decode(record, key)
-                except Exception:
-                    value = decode(record, key)  # loads again, to raise with the key named
+                    value = _MISSING
+                except Exception as exc:
+                    add_key_note(exc, key)  # on the first error, as in __getitem__
+                    raise
+                if value is _MISSING:
+                    value = decode(record, key)  # another kind, or the error that says what is wrong
                 yield key, value
 
     def itervalues(
@@ -364,19 +572,45 @@ class _Reader(Mapping[str, Any]):
         return map(itemgetter(1), self.iteritems(prefix, start=start, stop=stop, reverse=reverse))
 
     def verify(self) -> list[str]:
-        """Check the integrity of every value record; return the keys whose records are damaged.
+        """Check the integrity of every entry; return the keys whose records are damaged.
 
-        Reads the whole store in batches without unpickling anything.
+        Reads the whole store in batches without unpickling anything. An entry
+        whose key itself is damaged (its stored bytes are not UTF-8, or a long
+        key's record that holds it is damaged) is reported as its stored bytes
+        decoded with ``surrogateescape``: a str with lone surrogates, which no
+        real key can be (``key.encode("utf-8", "surrogateescape")`` gives the bytes back).
         """
-        return [key for key, record in self._records(None, None, None, False) if not is_intact(record)]
+        damaged = []
+        for batch in self._batches(None, None, False, values=True):
+            for raw_key, record in batch:
+                try:
+                    key = raw_key.decode()
+                except UnicodeDecodeError:
+                    try:
+                        key = self._key_of(raw_key, record)
+                    except CorruptError:
+                        damaged.append(undecodable_key(raw_key))
+                        continue
+                if not is_intact(record):
+                    damaged.append(key)
+        return damaged
 
     def _end(self, prefix: str | None, last: bool) -> tuple[str, Any]:
-        lo, hi = _bounds(prefix, None, None)
-        batch = self._source.batch(lo, hi, last, True, None, 1)
-        if not batch:
+        lo, hi, check = _bounds(prefix, None, None)
+        if check is None:
+            batch = self._source.batch(lo, hi, last, True, None, 1)
+            found = None
+            if batch:
+                raw, record = batch[0]
+                try:
+                    found = raw.decode(), record
+                except UnicodeDecodeError:
+                    found = self._key_of(raw, record), record
+        else:
+            found = next(self._records(prefix, None, None, last), None)
+        if found is None:
             raise KeyError("the store is empty" if not prefix else f"no key starts with {prefix!r}")
-        key = batch[0][0].decode()
-        return key, self._value(key, batch[0][1])
+        return found[0], self._value(*found)
 
     def first(self, prefix: str | None = None) -> tuple[str, Any]:
         """Return the (key, value) pair with the lowest key (starting with `prefix`); `KeyError` if none."""
@@ -403,30 +637,60 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if self._source.readonly:
             self._check_writable()
-        self._source.put(encode_key(key), self._codec.encode(value, key))
+        encoded = encode_key(key)
+        if len(encoded) == MAX_KEY_SIZE and _is_long_form(encoded):
+            self._put_long(key, encoded, self._codec.encode(value, key, keep_key=True))
+            return
+        self._source.put(encoded, self._codec.encode(value, key))
+
+    def _put_long(self, key: str, stored: bytes, record: Record) -> None:
+        """Store the record of a long key, unless another key's record holds its LMDB key."""
+        with self._source.write() as txn:
+            _check_slot(txn, stored, key)
+            txn.put(stored, record)
+
+    def _stored(self, key: str) -> tuple[bytes, bytes] | None:
+        """(UTF-8, LMDB key) of `key` to find or remove it; None if it cannot be a key."""
+        encoded = lookup_key(key)
+        if encoded is None:
+            return None
+        return encoded, (encoded if len(encoded) <= MAX_KEY_SIZE else _long_form(encoded))
 
     def __delitem__(self, key: str) -> None:
         self._check_writable()
-        if not self._source.delete(encode_key(key)):
+        found = self._stored(key)
+        if found is None:
             raise KeyError(key)
+        encoded, stored = found
+        if encoded is stored:
+            if not self._source.delete(stored):
+                raise KeyError(key)
+            return
+        with self._source.write() as txn:
+            if _own_record(txn.get(stored), encoded, key) is None:
+                raise KeyError(key)
+            txn.delete(stored)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
         """Remove `key` and return its value, atomically; `default` (or `KeyError`) if absent."""
-        encoded = encode_key(key)
-        if self._source.readonly and not self._source.contains(encoded):
+        found = self._stored(key)
+        if found is None or (self._source.readonly and key not in self):
             if default is _MISSING:
                 raise KeyError(key)
             return default  # nothing to remove: fine on a read-only store, as in shelve
+        encoded, stored = found
         self._check_writable()
         with self._source.write() as txn:
-            record = txn.get(encoded)
+            record = txn.get(stored)
+            if encoded is not stored:
+                record = _own_record(record, encoded, key)
             if record is None:
                 if default is _MISSING:
                     raise KeyError(key)
                 return default
             # Loaded inside the transaction: if it cannot be loaded, nothing is removed.
             value = self._decode(record, key)
-            txn.delete(encoded)
+            txn.delete(stored)
         return value
 
     def popitem(self) -> tuple[str, Any]:
@@ -437,7 +701,10 @@ class _Writer(_Reader, MutableMapping[str, Any]):
             if not batch:
                 raise KeyError("popitem(): the store is empty")
             raw_key, record = batch[0]
-            key = raw_key.decode()
+            try:
+                key = raw_key.decode()
+            except UnicodeDecodeError:
+                key = self._key_of(raw_key, record)
             value = self._decode(record, key)
             txn.delete(raw_key)
         return key, value
@@ -445,6 +712,15 @@ class _Writer(_Reader, MutableMapping[str, Any]):
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return the value of `key`, first storing `default` under it if absent (atomically)."""
         encoded = encode_key(key)
+        if len(encoded) == MAX_KEY_SIZE and _is_long_form(encoded):
+            self._check_writable()
+            with self._source.write() as txn:
+                record = _own_record(txn.get(encoded), str.encode(key), key)
+                if record is None:
+                    _check_slot(txn, encoded, key)
+                    txn.put(encoded, self._codec.encode(default, key, keep_key=True))
+                    return default
+            return self._value(key, record)
         record = self._get(encoded)
         if record is None:
             self._check_writable()
@@ -465,7 +741,19 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         if not keys:
             return
         self._check_writable()
-        self._source.put_many(_chunks(encode_keys(keys), keys, values, self._codec))
+        encoded = encode_keys(keys)
+        self._put_many(keys, encoded, _chunks(encoded, keys, values, self._codec, _long_positions(encoded)))
+
+    def _put_many(self, keys: list[str], encoded: list[bytes], chunks: Iterable[Chunk]) -> None:
+        """Write `chunks` (of `keys`, stored as `encoded`), checking the LMDB keys of long keys first."""
+        long = _long_positions(encoded)
+        if not long:
+            self._source.put_many(chunks)
+            return
+        with self._source.write() as txn:
+            for i in long:
+                _check_slot(txn, encoded[i], keys[i])
+            txn.put_many(chunks)
 
     def clear(self) -> None:
         """Remove every key, in one transaction."""
@@ -527,17 +815,20 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         nothing is stored. Without a default, an absent key raises `KeyError`.
         """
         encoded = encode_key(key)
+        long = len(encoded) == MAX_KEY_SIZE and _is_long_form(encoded)
         with self.transaction() as txn:
             source = txn._source
-            record = source.get(encoded)
+            record = txn._lookup(key)
             if record is None:
                 if default is _MISSING:
                     raise KeyError(key)
+                if long:
+                    _check_slot(source, encoded, key)
                 value = default
             else:
                 value = self._value(key, record)
             yield value
-            new = self._codec.encode(value, key)
+            new = self._codec.encode(value, key, keep_key=long)
             if new != record:
                 source.put(encoded, new)
 
@@ -842,7 +1133,7 @@ class _WritebackShelf(Shelf):
         cached = self._cached(key)
         if cached is not None:
             return cached[0]
-        record = self._get(encode_key(key))
+        record = self._lookup(key)
         if record is None:
             raise KeyError(key)
         return self._value(key, record)
@@ -860,9 +1151,13 @@ class _WritebackShelf(Shelf):
             return
         self._check_writable()
         encoded = encode_key(key)
-        record = self._codec.encode(value, key)
+        long = len(encoded) == MAX_KEY_SIZE and _is_long_form(encoded)
+        record = self._codec.encode(value, key, keep_key=long)
         with self._cache_lock:
-            self._source.put(encoded, record)
+            if long:
+                self._put_long(key, encoded, record)
+            else:
+                self._source.put(encoded, record)
             self._cache[key] = (value, record)
 
     def __delitem__(self, key: str) -> None:
@@ -892,9 +1187,9 @@ class _WritebackShelf(Shelf):
             return
         self._check_writable()
         encoded = encode_keys(keys)
-        records = self._codec.encode_many(values, keys)
+        records = self._codec.encode_many(values, keys, _long_positions(encoded))
         with self._cache_lock:
-            self._source.put_many([(encoded, lambda: records)])
+            self._put_many(keys, encoded, [(encoded, lambda: records)])
             for key, value, record in zip(keys, values, records, strict=True):
                 self._cache[key] = (value, record)
 
@@ -931,13 +1226,18 @@ class _WritebackShelf(Shelf):
             if self._cache:
                 keys = list(self._cache)
                 entries = self._cache.values()
-                records = self._codec.encode_many([value for value, _ in entries], keys)
+                encoded = encode_keys(keys)
+                records = self._codec.encode_many(
+                    [value for value, _ in entries], keys, _long_positions(encoded)
+                )
                 changed = [
                     i for i, (new, (_, old)) in enumerate(zip(records, entries, strict=True)) if new != old
                 ]
                 if changed:
                     new_records = [records[i] for i in changed]
-                    self._source.put_many([(encode_keys([keys[i] for i in changed]), lambda: new_records)])
+                    new_keys = [keys[i] for i in changed]
+                    new_encoded = [encoded[i] for i in changed]
+                    self._put_many(new_keys, new_encoded, [(new_encoded, lambda: new_records)])
                 self._cache = {}
         super().sync()
 
