@@ -30,7 +30,8 @@ def demo(path: str | None) -> int:
         with db.transaction() as txn:
             for i in range(1000):
                 txn[f"item:{i:04d}"] = {"id": i, "square": i * i}
-        print(f"  wrote run {runs}, a config and a history entry (a transaction each), then 1000 items in one")
+        print(f"  wrote run {runs}, a config and a history entry (a transaction each),")
+        print("  then 1000 items in one transaction")
     with open_store(directory, "r") as db:
         print(f"  reopened read-only: {len(db)} keys")
         print(f"  runs = {db['runs']}, config = {db['config']}")

@@ -60,7 +60,8 @@ class TestDemo:
     def test_says_what_it_wrote(self, path: Path) -> None:
         done = cli("demo", str(path))
         assert done.returncode == 0, done.stderr
-        assert "a config and a history entry (a transaction each), then 1000 items in one" in done.stdout
+        said = "a config and a history entry (a transaction each),\n  then 1000 items in one transaction"
+        assert said in done.stdout
 
     def test_rerun_hint_runs(self, path: Path) -> None:
         """The printed command names this interpreter (one that has objstore) and works as printed."""

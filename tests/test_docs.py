@@ -73,7 +73,7 @@ def runnable_blocks() -> list[tuple[str, str]]:
 
 
 def run_example(code: str, directory: Path, start_method: str | None = None) -> None:
-    """Run `code` as a script file in `directory`, in a fresh interpreter (optionally forcing a start method)."""
+    """Run `code` as a script in `directory`, in a fresh interpreter, optionally with a start method."""
     script = directory / "example.py"
     script.write_text(code, encoding="utf-8")
     if start_method is None:

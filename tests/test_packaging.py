@@ -37,7 +37,8 @@ def test_wheel_has_every_module(tmp_path: Path) -> None:
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCES)  # never write build/ into the checkout
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "out", "./source"],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", "out", "./source"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
