@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -29,7 +30,8 @@ def demo(path: str | None) -> int:
         with db.transaction() as txn:
             for i in range(1000):
                 txn[f"item:{i:04d}"] = {"id": i, "square": i * i}
-        print(f"  wrote run {runs}, a config, a history entry and 1000 items in one transaction")
+        print(f"  wrote run {runs}, a config and a history entry (a transaction each),")
+        print("  then 1000 items in one transaction")
     with open_store(directory, "r") as db:
         print(f"  reopened read-only: {len(db)} keys")
         print(f"  runs = {db['runs']}, config = {db['config']}")
@@ -38,7 +40,8 @@ def demo(path: str | None) -> int:
         print(f"  first item {first}, last item {last}")
         print(f"  items 0998 and later: {list(db.iterkeys('item:', start='item:0998'))}")
     print("  run the demo again with the same path to see the state carried over:")
-    print(f"    python -m objstore demo {directory}")
+    # This interpreter, which has objstore: a bare `python` on PATH may not.
+    print(f"    {shlex.quote(sys.executable)} -m objstore demo {shlex.quote(directory)}")
     return 0
 
 

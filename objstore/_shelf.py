@@ -506,8 +506,10 @@ class _Reader(Mapping[str, Any]):
 
         Every bound is optional. ``reverse=True`` iterates from the highest key
         down. Keys are read in batches of up to 1024, each in its own short
-        transaction: changes made while iterating show from the next batch on.
-        For a frozen view, iterate inside `snapshot()`.
+        transaction, the next one when the current one runs out: a change made
+        while iterating shows only if it falls after the batch in hand, so an
+        iteration that fits in one batch sees none. For a frozen view, iterate
+        inside `snapshot()`.
         """
         lo, hi, check = _bounds(prefix, start, stop)
         decode = bytes.decode

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,6 +56,22 @@ class TestDemo:
         assert str(created[0].parent) in done.stdout
         with objstore.open(created[0].parent, "r") as db:
             assert db["runs"] == 1
+
+    def test_says_what_it_wrote(self, path: Path) -> None:
+        done = cli("demo", str(path))
+        assert done.returncode == 0, done.stderr
+        said = "a config and a history entry (a transaction each),\n  then 1000 items in one transaction"
+        assert said in done.stdout
+
+    def test_rerun_hint_runs(self, path: Path) -> None:
+        """The printed command names this interpreter (one that has objstore) and works as printed."""
+        first = cli("demo", str(path))
+        assert first.returncode == 0, first.stderr
+        hint = first.stdout.splitlines()[-1].strip()
+        assert hint == f"{shlex.quote(sys.executable)} -m objstore demo {shlex.quote(str(path))}"
+        again = subprocess.run(shlex.split(hint), capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert "run 2" in again.stdout
 
     def test_quiet_on_stderr(self, path: Path) -> None:
         done = cli("demo", str(path))
