@@ -28,8 +28,11 @@ cannot be one (empty, not valid Unicode); lookups answer "absent".
 from __future__ import annotations
 
 import atexit
+import functools
 import os
+import sys
 import threading
+import warnings
 import weakref
 from collections.abc import (
     Callable,
@@ -39,11 +42,13 @@ from collections.abc import (
     KeysView,
     Mapping,
     MutableMapping,
+    Sequence,
     ValuesView,
 )
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from hashlib import blake2b
+from itertools import chain
 from operator import itemgetter
 from typing import Any, NoReturn, TypeVar
 
@@ -57,6 +62,7 @@ from ._serialize import (
     Pickler,
     Record,
     Unpickler,
+    _add_note,
     add_key_note,
     crc32,
     is_intact,
@@ -626,6 +632,9 @@ class _Reader(Mapping[str, Any]):
 class _Writer(_Reader, MutableMapping[str, Any]):
     """The write side of the dict face, over a store or a write transaction."""
 
+    # The writeback cache of a shelf opened with writeback=True; None otherwise.
+    _cache: _WritebackCache | None = None
+
     def _owns_transactions(self) -> bool:
         """Whether a transaction this mapping opens is a whole transaction, not a savepoint."""
         return False
@@ -764,23 +773,41 @@ class _Writer(_Reader, MutableMapping[str, Any]):
 
     # -- atomic read-modify-write
 
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """A mapping bound to one write transaction.
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A mapping bound to one write transaction; use it in a ``with`` block::
+
+            with db.transaction() as txn:
+                txn["total"] = txn.get("total", 0) + 1
 
         Reads inside it see its own writes; normal exit commits, an exception
         rolls everything back and propagates. Other writers (threads and
         processes) wait until it ends, so read-modify-write inside it is
         atomic. Nested calls are savepoints. Plain operations on the shelf
-        made by this thread while it is open join it.
+        made by this thread while it is open join it. Nothing begins until the
+        ``with`` block is entered; used any other way, the returned object
+        raises an error saying so.
         """
-        self._check_writable()
-        with self._source.write() as txn:
-            mapping = Transaction(txn, self._codec)
-            try:
-                yield mapping
-            finally:
-                mapping._bind(_Closed("transaction"))
+        return _TransactionBlock(self._transaction())
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Transaction]:
+        cache = self._cache
+        written: list[bytes | None] = []
+        try:
+            self._check_writable()
+            with self._source.write() as txn:
+                mapping = Transaction(txn, self._codec)
+                try:
+                    yield mapping
+                finally:
+                    mapping._bind(_Closed("transaction"))
+                    if cache is not None:
+                        written = txn.written()
+        finally:
+            # After the commit (or rollback): dropped earlier, an entry could be
+            # cached again from the store's old value by another thread.
+            if cache is not None:
+                cache.forget_written(written)
 
     def modify(self, key: str, fn: Callable[[Any], _V], default: Any = _MISSING) -> _V:
         """Atomically replace the value of `key` by ``fn(value)`` and return the new value.
@@ -861,6 +888,17 @@ class Snapshot(_Reader):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        # As files do: an unclosed snapshot pins a version of the store until
+        # it is collected, so say so, and end it.
+        txn = self.__dict__.get("_txn")
+        if txn is not None:
+            try:
+                message = f"unclosed objstore snapshot of {txn.path!r}"
+                warnings.warn(message, ResourceWarning, stacklevel=1, source=self)
+            finally:
+                self.close()
+
     def __repr__(self) -> str:
         state = "closed" if self._txn is None else "open"
         return f"<objstore.Snapshot {state}>"
@@ -876,6 +914,43 @@ class Transaction(_Writer):
     def __repr__(self) -> str:
         state = "closed" if isinstance(self._source, _Closed) else "open"
         return f"<objstore.Transaction {state}>"
+
+
+_OUTSIDE_WITH = (
+    "db.transaction() returns a context manager, not the transaction: use it in a with block: "
+    "with db.transaction() as txn: txn[key] = value"
+)
+
+
+class _TransactionBlock(AbstractContextManager[Transaction]):
+    """What `transaction()` returns: a context manager that says so when used as the mapping."""
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: AbstractContextManager[Transaction]) -> None:
+        self._block = block
+
+    def __enter__(self) -> Transaction:
+        return self._block.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._block.__exit__(*exc)
+
+    def _misused(self, *args: object) -> NoReturn:
+        raise TypeError(_OUTSIDE_WITH)
+
+    __getitem__ = __setitem__ = __delitem__ = __contains__ = __iter__ = __len__ = _misused
+
+    def __bool__(self) -> bool:
+        return True  # a context manager, whatever __len__ says
+
+    def __getattr__(self, name: str) -> NoReturn:
+        if name.startswith("__"):
+            raise AttributeError(name)  # protocol probes (copy, pickle, ...) get the plain answer
+        raise AttributeError(f"no attribute {name!r}: {_OUTSIDE_WITH}")
+
+    def __repr__(self) -> str:
+        return "<objstore transaction block: use it in a with statement>"
 
 
 # ------------------------------------------------------------------ shelf
@@ -930,12 +1005,6 @@ class Shelf(_Writer):
         plus search where they grant read. ``0o660`` shares it with a group.
     """
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Shelf:
-        writeback = kwargs.get("writeback", args[3] if len(args) > 3 else False)
-        if cls is Shelf and writeback:
-            cls = _WritebackShelf
-        return super().__new__(cls)
-
     def __init__(
         self,
         path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
@@ -977,6 +1046,14 @@ class Shelf(_Writer):
         self._options = options
         self._path = store.path
         self._snapshots: weakref.WeakValueDictionary[int, Snapshot] = weakref.WeakValueDictionary()
+        if self._writeback:
+            self._cache = _WritebackCache()
+            # Python looks special methods such as __getitem__ up on the type,
+            # so the cached-entry methods come from a class mixed in right above
+            # Shelf: a plain shelf's hot path stays free of any check, and a
+            # subclass's own overrides still run first (and reach the cache
+            # through super()).
+            self.__class__ = _with_writeback(type(self))
         _open_shelves[id(self)] = self
 
     @property
@@ -1033,13 +1110,27 @@ class Shelf(_Writer):
         self.close()
 
     def __del__(self) -> None:
-        # As in shelve: close on collection, but never raise from a finaliser,
-        # which may run while the interpreter is shutting down.
-        if "_source" in self.__dict__:
+        # As files do: warn that the shelf was left open, and close it (writing
+        # back its cache). A finaliser cannot raise to anyone, so a failure to
+        # close is reported on stderr, as at exit.
+        if "_source" not in self.__dict__ or self.closed:
+            return
+        try:
+            message = f"unclosed objstore shelf {self._path!r}"
+            warnings.warn(message, ResourceWarning, stacklevel=1, source=self)
+        finally:
             try:
                 self.close()
-            except Exception:
-                pass
+            except Exception as exc:
+                _report_not_closed(self, exc)
+                self._abandon()
+
+    def _abandon(self) -> None:
+        """Release the store without writing anything back: nobody is left to retry."""
+        try:
+            Shelf.close(self)
+        except Exception:
+            pass
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"flag={self._flag!r}"
@@ -1088,47 +1179,102 @@ def _check_settings(path: str, settings: dict[str, Any]) -> None:
         )
 
 
-class _WritebackShelf(Shelf):
-    """A shelf with ``writeback=True``: entries read or written are cached and written back by `sync`.
+class _WritebackCache:
+    """The entries a writeback shelf has read or written: key -> (object, record loaded or stored).
 
-    The cache maps each key to (object, record it was loaded from or stored
-    as); `sync` pickles every cached object again and, in one transaction,
-    stores those whose record changed. Keys only read are never written back,
-    so a writeback shelf does not undo other processes' writes to them.
+    `lock` makes a write and the entry it caches, or a write-back and the
+    emptying of the cache, one step for other threads. A thread that holds or
+    has joined a write transaction never takes it (another thread may hold it
+    while waiting for that transaction's writer lock): it only drops entries,
+    each drop a single dict operation.
+    """
+
+    __slots__ = ("entries", "lock")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Any, Record]] = {}
+        self.lock = threading.RLock()
+
+    def forget(self, keys: Iterable[str]) -> None:
+        entries = self.entries
+        for key in keys:
+            entries.pop(key, None)
+
+    def forget_written(self, written: list[bytes | None]) -> None:
+        """Drop the entries of the keys a transaction wrote (stored form; None: it emptied the store)."""
+        if None in written:
+            self.entries.clear()
+        else:
+            # Compared in stored form: a long key is stored under its hashed form.
+            stored = set(written)
+            self.forget([key for key in self.entries if encode_key(key) in stored])
+
+    def write_back(self, source: Storage, codec: Codec) -> None:
+        """Store every entry whose pickle changed, in one transaction; then empty the cache.
+
+        If anything fails (pickling, a full disk), nothing is stored and every
+        entry stays cached, so the write-back can be retried.
+        """
+        with self.lock:
+            items = list(self.entries.items())
+            changed = _changed_chunks(items, codec)
+            first = next(changed, None)  # nothing changed: no transaction at all
+            if first is not None:
+                source.put_many(chain([first], changed))
+            self.entries.clear()
+
+
+def _changed_chunks(items: list[tuple[str, tuple[Any, Record]]], codec: Codec) -> Iterator[Chunk]:
+    """The cached entries whose pickle changed, as chunks for `Storage.put_many`, pickled chunk by chunk."""
+    for i in range(0, len(items), _CHUNK):
+        part = items[i : i + _CHUNK]
+        keys = [key for key, _ in part]
+        encoded = encode_keys(keys)
+        records = codec.encode_many([value for _, (value, _) in part], keys, _long_positions(encoded))
+        changed = [j for j, (new, (_, (_, old))) in enumerate(zip(records, part, strict=True)) if new != old]
+        if changed:
+            new_records = [records[j] for j in changed]
+            # A cached long key was read or stored through this shelf, so its
+            # LMDB key was already checked to be its own.
+            yield [encoded[j] for j in changed], lambda records=new_records: records  # type: ignore[misc]
+
+
+class _WritebackShelf(Shelf):
+    """The methods of a shelf opened with ``writeback=True`` that consult its cache.
+
+    Mixed in, by `_with_writeback`, right above `Shelf` in the class of every
+    writeback shelf. `sync` pickles every cached object again and, in one
+    transaction, stores those whose record changed. Keys only read are never
+    written back, so a writeback shelf does not undo other processes' writes
+    to them.
 
     While its thread holds a transaction on the store, the shelf reads and
     writes through that transaction like a plain shelf: it neither uses nor
-    fills the cache, and drops the cached entries of the keys it writes, so a
-    rolled-back transaction leaves nothing behind in the cache.
+    fills the cache, and drops the cached entries of the keys it writes. A
+    transaction opened through the shelf drops, when it ends, the entries of
+    every key written in it (see `Writer._transaction`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._cache: dict[str, tuple[Any, Record]] = {}
-        self._cache_lock = threading.RLock()
-        super().__init__(*args, **kwargs)
+    _cache: _WritebackCache
 
     def _caching(self) -> bool:
         return not self._source.in_transaction()
 
-    def _forget(self, keys: Iterable[str]) -> None:
-        with self._cache_lock:
-            for key in keys:
-                self._cache.pop(key, None)
-
     def _value(self, key: str, record: bytes) -> Any:
         if not self._caching():
             return self._decode(record, key)
-        with self._cache_lock:
-            cached = self._cache.get(key)
+        cache = self._cache
+        with cache.lock:
+            cached = cache.entries.get(key)
             if cached is not None:
                 return cached[0]
             value = self._decode(record, key)
-            self._cache[key] = (value, record)
+            cache.entries[key] = (value, record)
             return value
 
     def _cached(self, key: str) -> tuple[Any, Record] | None:
         if isinstance(key, str) and self._caching():
-            return self._cache.get(key)
+            return self._cache.entries.get(key)
         return None
 
     def __getitem__(self, key: str) -> Any:
@@ -1148,35 +1294,49 @@ class _WritebackShelf(Shelf):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if not self._caching():
-            self._forget([key])
+            self._cache.forget([key])
             super().__setitem__(key, value)
             return
         self._check_writable()
         encoded = encode_key(key)
         long = len(encoded) == MAX_KEY_SIZE and _is_long_form(encoded)
         record = self._codec.encode(value, key, keep_key=long)
-        with self._cache_lock:
+        cache = self._cache
+        with cache.lock:
             if long:
                 self._put_long(key, encoded, record)
             else:
                 self._source.put(encoded, record)
-            self._cache[key] = (value, record)
+            cache.entries[key] = (value, record)
 
     def __delitem__(self, key: str) -> None:
-        with self._cache_lock:
-            self._cache.pop(key, None)
+        if not self._caching():
+            self._cache.forget([key])
+            super().__delitem__(key)
+            return
+        with self._cache.lock:
+            self._cache.entries.pop(key, None)
             super().__delitem__(key)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
-        with self._cache_lock:
-            cached = self._cache.pop(key, None) if isinstance(key, str) else None
+        if not self._caching():
+            self._cache.forget([key])
+            return super().pop(key, default)
+        cache = self._cache
+        with cache.lock:
+            cached = cache.entries.pop(key, None) if isinstance(key, str) else None
             value = super().pop(key, default)
             return cached[0] if cached is not None and value is not default else value
 
     def popitem(self) -> tuple[str, Any]:
-        with self._cache_lock:
+        if not self._caching():
             key, value = super().popitem()
-            cached = self._cache.pop(key, None)
+            self._cache.forget([key])
+            return key, value
+        cache = self._cache
+        with cache.lock:
+            key, value = super().popitem()
+            cached = cache.entries.pop(key, None)
             return key, (value if cached is None else cached[0])
 
     def update(self, other: Any = (), /, **kwds: Any) -> None:
@@ -1184,16 +1344,25 @@ class _WritebackShelf(Shelf):
         if not keys:
             return
         if not self._caching():
-            self._forget(keys)
+            self._cache.forget(keys)
             super().update(zip(keys, values, strict=True))
             return
         self._check_writable()
         encoded = encode_keys(keys)
-        records = self._codec.encode_many(values, keys, _long_positions(encoded))
-        with self._cache_lock:
-            self._put_many(keys, encoded, [(encoded, lambda: records)])
-            for key, value, record in zip(keys, values, records, strict=True):
-                self._cache[key] = (value, record)
+        stored: list[Sequence[Record]] = []
+
+        def chunks() -> Iterator[Chunk]:
+            # The plain update's chunks, keeping each chunk's records for the cache.
+            for part, make_records in _chunks(encoded, keys, values, self._codec, _long_positions(encoded)):
+                records = make_records()
+                stored.append(records)
+                yield part, lambda records=records: records  # type: ignore[misc]
+
+        cache = self._cache
+        with cache.lock:
+            self._put_many(keys, encoded, chunks())
+            for key, value, record in zip(keys, values, chain.from_iterable(stored), strict=True):
+                cache.entries[key] = (value, record)
 
     def iteritems(
         self,
@@ -1207,41 +1376,64 @@ class _WritebackShelf(Shelf):
             yield key, self._value(key, record)
 
     def clear(self) -> None:
-        with self._cache_lock:
-            self._cache.clear()
+        if not self._caching():
+            self._cache.entries.clear()
+            super().clear()
+            return
+        with self._cache.lock:
+            self._cache.entries.clear()
             super().clear()
 
-    @contextmanager
-    def edit(self, key: str, default: Any = _MISSING) -> Iterator[Any]:
-        with self._cache_lock:
-            self._cache.pop(key, None)
-        with super().edit(key, default) as value:
-            yield value
-
-    def modify(self, key: str, fn: Callable[[Any], _V], default: Any = _MISSING) -> _V:
-        with self._cache_lock:
-            self._cache.pop(key, None)
-        return super().modify(key, fn, default)
-
     def sync(self) -> None:
-        with self._cache_lock:
-            if self._cache:
-                keys = list(self._cache)
-                entries = self._cache.values()
-                encoded = encode_keys(keys)
-                records = self._codec.encode_many(
-                    [value for value, _ in entries], keys, _long_positions(encoded)
-                )
-                changed = [
-                    i for i, (new, (_, old)) in enumerate(zip(records, entries, strict=True)) if new != old
-                ]
-                if changed:
-                    new_records = [records[i] for i in changed]
-                    new_keys = [keys[i] for i in changed]
-                    new_encoded = [encoded[i] for i in changed]
-                    self._put_many(new_keys, new_encoded, [(new_encoded, lambda: new_records)])
-                self._cache = {}
+        self._write_back()
         super().sync()
+
+    def _write_back(self) -> None:
+        try:
+            self._cache.write_back(self._source, self._codec)
+        except Exception as exc:
+            if not self.closed:
+                count = len(self._cache.entries)
+                _add_note(
+                    exc,
+                    f"writing back the writeback cache failed: its {count} "
+                    f"entr{'y' if count == 1 else 'ies'} are kept and the shelf is still open; "
+                    "fix the cause (e.g. free disk space), then call sync() or close() again",
+                )
+            raise
+
+    def close(self) -> None:
+        if not self.closed:
+            self._write_back()  # if this raises, the shelf stays open, its cache intact
+        super().close()
+
+    def _abandon(self) -> None:
+        self._cache.entries.clear()
+        super()._abandon()
+
+
+@functools.cache
+def _with_writeback(cls: type[Shelf]) -> type[Shelf]:
+    """`cls` with the writeback methods mixed in right above `Shelf` (made once per class)."""
+    if issubclass(cls, _WritebackShelf):
+        return cls
+    if cls is Shelf:
+        return _WritebackShelf
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls, _WritebackShelf), namespace)
+
+
+def _report_not_closed(shelf: Shelf, exc: BaseException) -> None:
+    """Say on stderr that `shelf` could not be closed where nobody can be told otherwise (exit, finaliser)."""
+    lost = len(shelf._cache.entries) if shelf._cache is not None else 0
+    what = f"; {lost} cached entr{'y was' if lost == 1 else 'ies were'} not written back" if lost else ""
+    try:
+        print(
+            f"objstore: could not close the shelf at {shelf.path!r}{what}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+    except Exception:
+        pass  # no stderr left to write to
 
 
 def _pairs(other: Any, kwds: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -1286,5 +1478,5 @@ def _close_open_shelves() -> None:
     for shelf in list(_open_shelves.values()):
         try:
             shelf.close()
-        except Exception:
-            pass
+        except Exception as exc:
+            _report_not_closed(shelf, exc)

@@ -258,6 +258,10 @@ class WriteTxn(ReadTxn):
     def end(self) -> None:
         self.abort()
 
+    def written(self) -> list[bytes | None]:
+        """The keys written so far at this level (committed savepoints included); None for a clear()."""
+        return [key for keys, _ in self._log for key in keys]
+
     def _call(self, fn: Callable[[Txn], T], action: str) -> T:
         self._check_thread()
         return super()._call(fn, action)
