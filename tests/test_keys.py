@@ -44,11 +44,14 @@ def random_keys(rng: random.Random, n: int) -> list[str]:
     return sorted(keys)
 
 
-def expected(model: dict[str, Any], prefix: str | None = None, start: str | None = None,
-             stop: str | None = None) -> list[str]:
+def expected(
+    model: dict[str, Any], prefix: str | None = None, start: str | None = None, stop: str | None = None
+) -> list[str]:
     keys = [
-        k for k in model
-        if (prefix is None or k.startswith(prefix)) and (start is None or k >= start)
+        k
+        for k in model
+        if (prefix is None or k.startswith(prefix))
+        and (start is None or k >= start)
         and (stop is None or k < stop)
     ]
     return sorted(keys, key=stored_order)
@@ -81,8 +84,13 @@ def test_random_keys_against_a_dict(path: Path) -> None:
             a, b = rng.sample(keys, 2)
             prefix = a[: rng.choice([1, 5, 300, 493, 494, 495, 600, len(a)])]
             start, stop = sorted((a, b))
-            for bounds in ({"prefix": prefix}, {"start": start}, {"stop": stop},
-                           {"start": start, "stop": stop}, {"prefix": prefix, "start": start}):
+            for bounds in (
+                {"prefix": prefix},
+                {"start": start},
+                {"stop": stop},
+                {"start": start, "stop": stop},
+                {"prefix": prefix, "start": start},
+            ):
                 want = expected(model, **bounds)
                 assert list(db.iterkeys(**bounds)) == want, bounds
                 assert list(db.iterkeys(**bounds, reverse=True)) == want[::-1], bounds
@@ -150,8 +158,12 @@ def test_a_hash_collision_is_absent_on_read_and_refused_on_write(
             db[b]
         with pytest.raises(KeyError):
             del db[b]
-        for write in (lambda: db.__setitem__(b, 2), lambda: db.update({b: 2}),
-                      lambda: db.setdefault(b, 2), lambda: db.modify(b, lambda v: v, default=0)):
+        for write in (
+            lambda: db.__setitem__(b, 2),
+            lambda: db.update({b: 2}),
+            lambda: db.setdefault(b, 2),
+            lambda: db.modify(b, lambda v: v, default=0),
+        ):
             with pytest.raises(ValueError, match="collides"):
                 write()
         assert dict(db) == {a: 1}

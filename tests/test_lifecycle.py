@@ -127,7 +127,9 @@ def test_exit_while_a_daemon_thread_iterates_a_snapshot(path: Path) -> None:
 
 def test_close_while_other_threads_use_the_shelf(path: Path) -> None:
     """Threads in get/put/iteration/transaction/snapshot on a shelf another thread closes."""
-    check_ok(run_script(CLOSE_UNDER_USE, str(path), "3.0", timeout=120), )
+    check_ok(
+        run_script(CLOSE_UNDER_USE, str(path), "3.0", timeout=120),
+    )
 
 
 @pytest.mark.stress

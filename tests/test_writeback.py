@@ -370,12 +370,7 @@ class TestResourceWarning:
             gc.collect()
 
     def test_shelf_closed_at_exit_does_not_warn(self, path: Path) -> None:
-        code = (
-            "import sys, objstore\n"
-            "db = objstore.open(sys.argv[1])\n"
-            "snap = db.snapshot()\n"
-            "db['k'] = 1\n"
-        )
+        code = "import sys, objstore\ndb = objstore.open(sys.argv[1])\nsnap = db.snapshot()\ndb['k'] = 1\n"
         done = subprocess.run(
             [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code, str(path)],
             capture_output=True,
