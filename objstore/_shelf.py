@@ -990,8 +990,9 @@ class Shelf(_Writer):
     timeout
         Seconds to wait for the store's file locks; ``None`` waits forever.
     map_size
-        Initial LMDB map size in bytes (virtual memory, not disk); the map
-        grows by itself when full.
+        LMDB map size in bytes to reserve: address space, not disk (the data
+        file grows only with the data). Default 64 GiB on 64-bit systems, so
+        the map rarely has to grow; it grows by itself when full.
     pickler, unpickler
         Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
         through, e.g. with custom reducers or a restricted ``find_class``.

@@ -18,7 +18,9 @@ normal interpreter exit of the child matters, of a subprocess):
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import select
 import subprocess
 import sys
 import threading
@@ -364,8 +366,11 @@ def test_fork_while_another_thread_holds_a_transaction(filled: objstore.Shelf) -
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
+    read_end, write_end = os.pipe()
+
     def child() -> Any:
         seen = db.get("thread")
+        os.write(write_end, b"r")  # read before the parent's thread commits
         db["child"] = "child"  # waits for the parent's thread to commit
         return seen, db["thread"], db["v000"]
 
@@ -375,7 +380,8 @@ def test_fork_while_another_thread_holds_a_transaction(filled: objstore.Shelf) -
         assert started.wait(10)
         with db.snapshot() as snap:
             running = Forked(child)
-            time.sleep(0.3)
+            ready, _, _ = select.select([read_end], [], [], 20)
+            assert ready, "the forked child did not read within 20 s"
             release.set()
             holder.join(20)
             assert not holder.is_alive()
@@ -384,6 +390,8 @@ def test_fork_while_another_thread_holds_a_transaction(filled: objstore.Shelf) -
     finally:
         release.set()
         holder.join(20)
+        os.close(read_end)
+        os.close(write_end)
     assert errors == []
     assert db["thread"] == "committed" and db["child"] == "child"
 
