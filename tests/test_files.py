@@ -27,7 +27,18 @@ import objstore
 from objstore._storage._common import LOCK_FILE_SIZE, MAX_READERS
 
 ROOT = str(Path(__file__).resolve().parent.parent)
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# The user nobody, keeping only the right to read and search any file: the test
+# interpreter and its libraries may sit in root's private home (a pyenv build
+# with a shared libpython does not even start without it), while every write
+# still needs the permissions these tests are about.
+NOBODY = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+]
 
 
 def run(script: str, *args: str, user: list[str] | None = None, timeout: float = 60) -> str:
