@@ -136,6 +136,13 @@ def _utf8(key: object) -> bytes:
 
 def encode_key(key: str) -> bytes:
     """Return the LMDB key under which `key` is stored, or raise the error that says why it cannot be one."""
+    if type(key) is str:  # the common case, without a second frame (the write hot path)
+        try:
+            encoded = key.encode()  # an exact str: its encode is str.encode
+        except UnicodeEncodeError:
+            encoded = b""
+        if 0 < len(encoded) <= MAX_KEY_SIZE:
+            return encoded
     encoded = _utf8(key)
     return encoded if len(encoded) <= MAX_KEY_SIZE else _long_form(encoded)
 
