@@ -15,7 +15,7 @@ Guarantees checked here:
   opening the store and taking snapshots, even when they filled the reader
   table.
 
-The killed processes run ``_workers.py`` as a script, so nothing of pytest is
+The killed processes run ``_tasks.py`` as a script, so nothing of pytest is
 in them. The default run does a bounded number of rounds; ``--stress`` runs
 the long versions.
 """
@@ -37,13 +37,13 @@ import pytest
 
 import objstore
 
-WORKERS = Path(__file__).with_name("_workers.py")
+TASKS = Path(__file__).with_name("_tasks.py")
 KEYS = 20
 
 
 def start(*args: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(WORKERS), *map(str, args)],
+        [sys.executable, str(TASKS), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,9 +75,9 @@ def kill(proc: subprocess.Popen[str], may_have_finished: bool = False) -> tuple[
 
 
 def check(path: Path, map_size: int) -> dict[str, Any]:
-    """Open the store in a fresh process and report its generations (see _workers.check_generation)."""
+    """Open the store in a fresh process and report its generations (see _tasks.check_generation)."""
     result = subprocess.run(
-        [sys.executable, str(WORKERS), "check-generation", str(path), str(map_size)],
+        [sys.executable, str(TASKS), "check-generation", str(path), str(map_size)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -24,17 +24,16 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _workers import Forked, fork_call
+from _harness import Forked, fork_call
 
 import objstore
 
-WORKERS = Path(__file__).with_name("_workers.py")
+TASKS = Path(__file__).with_name("_tasks.py")
 
 # Python 3.12+ warns when a process with other threads forks. The tests that
 # fork while a thread holds a transaction or snapshot do so on purpose.
@@ -195,7 +194,7 @@ def test_parent_snapshot_survives_the_childs_work(filled: objstore.Shelf, work: 
 def test_parent_snapshot_survives_a_child_that_exits_normally(path: Path, how: str) -> None:
     """The child leaves through a normal interpreter exit (atexit, finalisers), outside pytest."""
     result = subprocess.run(
-        [sys.executable, str(WORKERS), "fork-with-snapshot", str(path), how],
+        [sys.executable, str(TASKS), "fork-with-snapshot", str(path), how],
         capture_output=True,
         text=True,
         timeout=45,
@@ -279,15 +278,22 @@ def test_inherited_transaction_raises_transaction_error_in_child(filled: objstor
             else:
                 report[name] = "no error"
         # A plain write is the child's own: it waits until the parent commits.
+        os.write(write_end, b"w")  # the transaction's uses are done: let the parent commit
         db["from_child"] = "child"
         report["after write"] = repr(db.get("inside"))
         return report
 
-    with db.transaction() as txn:
-        txn["inside"] = "parent"
-        running = Forked(lambda: child(txn))
-        time.sleep(0.3)
-    report = running.result(timeout=30)
+    read_end, write_end = os.pipe()
+    try:
+        with db.transaction() as txn:
+            txn["inside"] = "parent"
+            running = Forked(lambda: child(txn))
+            ready, _, _ = select.select([read_end], [], [], 20)
+            assert ready, "the forked child did not try the transaction within 20 s"
+        report = running.result(timeout=30)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
     for name in ("setitem", "getitem", "get", "contains", "len", "iterate", "delitem"):
         assert "fork" in report[name], (name, report[name])
     assert report["after write"] == repr("parent")

@@ -29,16 +29,8 @@ from typing import Any
 
 import filelock
 import pytest
-from _workers import (
-    TINY_MAP,
-    Remote,
-    grow_counter,
-    grow_reader,
-    grow_writer,
-    open_repeatedly,
-    payload,
-    run_processes,
-)
+from _harness import Remote, payload, run_processes
+from _tasks import TINY_MAP, grow_counter, grow_reader, grow_writer, open_repeatedly
 
 import objstore
 
@@ -241,15 +233,22 @@ def test_growth_while_another_process_commits(path: Path, how: str) -> None:
 
     The test holds the store's maintenance lock (``objstore.lock``, which
     growing takes) so that the remote writer, having run out of map, waits
-    for it after rolling back; meanwhile this process commits.
+    for it after rolling back; meanwhile this process commits. The remote
+    writer says (by creating a file) when its write transaction has begun, so
+    this process's commit waits for LMDB's writer lock until the remote
+    writer has run out of map and rolled back.
     """
+    started = path.parent / "started"
     with tiny(path) as db:
         db["base"] = 0
     with Remote(SPAWN, path, map_size=TINY_MAP) as remote, tiny(path) as db:
         lock = filelock.FileLock(str(path / "objstore.lock"))
         with lock.acquire(timeout=10):
-            remote.send(how, "w", 200, 4000)
-            time.sleep(1.0)  # the remote writer fills the map and waits for the lock
+            remote.send(how, "w", 200, 4000, str(started))
+            deadline = time.monotonic() + DEADLINE
+            while not started.exists():
+                assert time.monotonic() < deadline, "the remote writer never started"
+                time.sleep(0.01)
             db["meanwhile"] = "committed by another process"
         try:
             result: Any = remote.result(timeout=30)

@@ -35,10 +35,10 @@ from typing import Any
 
 import filelock
 import pytest
-from _workers import (
+from _harness import Remote, run_processes
+from _tasks import (
     SLOTS,
     TOTAL,
-    Remote,
     count_with_edit,
     count_with_modify,
     count_with_transaction,
@@ -47,7 +47,6 @@ from _workers import (
     invariant_writer,
     open_with_flag,
     pool_task,
-    run_processes,
     seed_invariants,
 )
 
