@@ -287,7 +287,8 @@ def _keep_key(record: Record, key: str) -> bytes:
     body = b"".join(
         (record[:-TRAILER_SIZE], whole, _section_end(len(whole), SECTION_KEY), bytes((1, KIND_SECTIONS)))
     )
-    return body + crc32(body).to_bytes(4, "little")
+    crc: int = crc32(body)  # typed here: without isal installed, mypy sees crc32 as Any
+    return body + crc.to_bytes(4, "little")
 
 
 def _sections(record: bytes) -> dict[int, bytes] | None:
