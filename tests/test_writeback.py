@@ -80,15 +80,17 @@ class TestSignature:
         assert not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values())
 
     def test_help_shows_the_parameters(self) -> None:
-        text = pydoc.render_doc(objstore.Shelf, renderer=pydoc.plaintext)
-        assert "Shelf(path: " in text
-        assert "flag: 'str' = 'c', protocol: 'int | None' = None, writeback: 'bool' = False, *," in text
+        # Python 3.13's pydoc breaks long signatures over lines: compare without white space.
+        rendered = pydoc.render_doc(objstore.Shelf, renderer=pydoc.plaintext)
+        text = "".join("".join(line.lstrip(" |") for line in rendered.splitlines()).split())
+        assert "Shelf(path:" in text
+        assert "flag:'str'='c',protocol:'int|None'=None,writeback:'bool'=False,*," in text
         assert "*args" not in text
 
     def test_open_shows_the_shelve_parameters(self) -> None:
-        text = pydoc.render_doc(objstore.open, renderer=pydoc.plaintext)
-        assert "open(path: " in text
-        assert "writeback: 'bool' = False, **options: 'Any') -> 'Shelf'" in text
+        text = "".join(pydoc.render_doc(objstore.open, renderer=pydoc.plaintext).split())
+        assert "open(path:" in text
+        assert "writeback:'bool'=False,**options:'Any')->'Shelf'" in text
         assert "durability" in text  # the docstring names the keyword-only options
 
 
