@@ -36,8 +36,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 
 import filelock
 
@@ -114,22 +113,44 @@ def create(path: str, mode: int) -> None:
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode))
 
 
-@contextmanager
-def maintenance(directory: str, timeout: float | None) -> Iterator[None]:
-    """Hold the maintenance lock of the store in `directory`."""
-    path = os.path.join(directory, MAINTENANCE_LOCK)
-    with _table_lock:
-        lock = _maintenance_locks.get(path)
-        if lock is None:
-            lock = _maintenance_locks[path] = filelock.FileLock(path)
-    try:
-        lock.acquire(timeout=-1 if timeout is None else timeout)
-    except filelock.Timeout:
-        raise _timeout_error("maintenance", path, timeout) from None
-    try:
-        yield
-    finally:
-        lock.release()
+class maintenance:  # lower case: used like a function, `with maintenance(path, timeout):`
+    """Hold the maintenance lock of the store in `directory` for a ``with`` block.
+
+    A class, not a generator: a KeyboardInterrupt between taking the lock and
+    entering the block must not leave it held (a generator's cleanup would wait
+    for its garbage collection, and every later growth of the process would
+    time out). What was taken is read from the lock's own level count.
+    """
+
+    __slots__ = ("_level", "_lock", "_path", "_timeout")
+
+    def __init__(self, directory: str, timeout: float | None) -> None:
+        self._path = os.path.join(directory, MAINTENANCE_LOCK)
+        self._timeout = timeout
+        with _table_lock:
+            lock = _maintenance_locks.get(self._path)
+            if lock is None:
+                lock = _maintenance_locks[self._path] = filelock.FileLock(self._path)
+        self._lock = lock
+        self._level = 0
+
+    def __enter__(self) -> None:
+        lock = self._lock
+        self._level = lock.lock_counter
+        try:
+            lock.acquire(timeout=-1 if self._timeout is None else self._timeout)
+        except filelock.Timeout:
+            raise _timeout_error("maintenance", self._path, self._timeout) from None
+        except BaseException:
+            self._release()  # interrupted after the lock was taken
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        for _ in range(self._lock.lock_counter - self._level):
+            self._lock.release()
 
 
 class OpenersLock:
