@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 import time
 from contextlib import suppress
+from typing import Any
 
 import filelock
 
@@ -113,13 +115,48 @@ def create(path: str, mode: int) -> None:
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode))
 
 
+class _signals_held:  # lower case: used like a function, `with _signals_held():`
+    """Hold back Python signal handlers (Ctrl-C's KeyboardInterrupt) for a few lines.
+
+    filelock cannot survive an exception that lands between its flock and its
+    own bookkeeping: filelock 4.1 (the last release for Python 3.10) then
+    leaks a descriptor that holds the lock, and every later acquisition of the
+    process times out on its own lock. Handlers run only in the main thread,
+    so only there is anything held back; a signal that arrives meanwhile is
+    handled, by its own handler, on the way out.
+    """
+
+    __slots__ = ("_pending", "_previous")
+
+    def __enter__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._pending: list[tuple[int, Any]] = []
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signal.valid_signals():
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self._previous[signum] = signal.signal(signum, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._pending.append((signum, frame))
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in self._pending:
+            self._previous[signum](signum, frame)
+
+
 class maintenance:  # lower case: used like a function, `with maintenance(path, timeout):`
     """Hold the maintenance lock of the store in `directory` for a ``with`` block.
 
     A class, not a generator: a KeyboardInterrupt between taking the lock and
     entering the block must not leave it held (a generator's cleanup would wait
     for its garbage collection, and every later growth of the process would
-    time out). What was taken is read from the lock's own level count.
+    time out). What was taken is read from the lock's own level count. Each
+    call into filelock runs with signal handlers held back (`_signals_held`),
+    so waiting is a loop of quick attempts: Ctrl-C still interrupts the wait.
     """
 
     __slots__ = ("_level", "_lock", "_path", "_timeout")
@@ -137,10 +174,20 @@ class maintenance:  # lower case: used like a function, `with maintenance(path, 
     def __enter__(self) -> None:
         lock = self._lock
         self._level = lock.lock_counter
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        pause = 0.001
         try:
-            lock.acquire(timeout=-1 if self._timeout is None else self._timeout)
-        except filelock.Timeout:
-            raise _timeout_error("maintenance", self._path, self._timeout) from None
+            while True:
+                with _signals_held():
+                    try:
+                        lock.acquire(blocking=False)
+                        return
+                    except filelock.Timeout:
+                        pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _timeout_error("maintenance", self._path, self._timeout)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         except BaseException:
             self._release()  # interrupted after the lock was taken
             raise
@@ -149,8 +196,9 @@ class maintenance:  # lower case: used like a function, `with maintenance(path, 
         self._release()
 
     def _release(self) -> None:
-        for _ in range(self._lock.lock_counter - self._level):
-            self._lock.release()
+        with _signals_held():
+            for _ in range(self._lock.lock_counter - self._level):
+                self._lock.release()
 
 
 class OpenersLock:

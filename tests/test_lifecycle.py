@@ -456,12 +456,6 @@ RANDOM_INTERRUPTS = """
     """
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    reason="known open bug: on Python 3.10 an interrupt during map growth can still leave the "
-    "maintenance lock held by this process (about 1 run in 6), so a later growth times out",
-    strict=False,
-)
 def test_interrupts_at_random_moments_leave_everything_working(path: Path) -> None:
     result = run_script(RANDOM_INTERRUPTS, str(path), "4", timeout=120)
     check_ok(result)

@@ -257,3 +257,56 @@ def test_lock_files_are_never_deleted(directory: Path, holders: list[Holder]) ->
     lock.close()  # idempotent
     assert {name: os.stat(directory / name).st_ino for name in names} == inodes
     assert set(os.listdir(directory)) == names
+
+
+INTERRUPTED = r"""
+import os, random, signal, sys, time
+from objstore import _lock
+
+base, seconds = sys.argv[1], float(sys.argv[2])
+random.seed(int(sys.argv[3]))
+signal.signal(signal.SIGALRM, signal.default_int_handler)  # the timer's signal acts as a Ctrl-C
+interrupts = 0
+deadline = time.monotonic() + seconds
+for i in range(1_000_000):
+    if time.monotonic() > deadline:
+        break
+    # A fresh directory, so a fresh lock instance: its first acquisitions are the slowest,
+    # which widens the windows an interrupt can land in.
+    directory = os.path.join(base, str(i))
+    os.mkdir(directory)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, random.uniform(0.00001, 0.0004))
+        while True:
+            with _lock.maintenance(directory, 5):
+                pass
+    except KeyboardInterrupt:
+        interrupts += 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        with _lock.maintenance(directory, 0.5):
+            pass
+    except _lock.LockTimeoutError as exc:
+        print("left held after", interrupts, "interrupts:", exc, flush=True)
+        sys.exit(1)
+print("ok", interrupts, flush=True)
+"""
+
+
+def test_maintenance_lock_survives_interrupts_at_every_step(directory: Path) -> None:
+    """A Ctrl-C landing anywhere in taking or releasing the maintenance lock leaves it free.
+
+    filelock 4.1 (the last release for Python 3.10) leaks a descriptor that
+    holds the lock when an exception lands between its flock and its
+    bookkeeping; the process then times out on its own lock.
+    """
+    child = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, str(directory), "4", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    assert child.stdout.startswith("ok "), child.stdout
+    assert int(child.stdout.split()[1]) > 20  # the timer really interrupted it
