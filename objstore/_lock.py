@@ -115,13 +115,23 @@ def create(path: str, mode: int) -> None:
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode))
 
 
+# The signals whose Python handlers are held back: Ctrl-C and those programs commonly
+# handle by raising. Not every valid signal: asking for a handler costs about 1 us each.
+_HELD_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+
+
 class _signals_held:  # lower case: used like a function, `with _signals_held():`
     """Hold back Python signal handlers (Ctrl-C's KeyboardInterrupt) for a few lines.
 
     filelock cannot survive an exception that lands between its flock and its
     own bookkeeping: filelock 4.1 (the last release for Python 3.10) then
     leaks a descriptor that holds the lock, and every later acquisition of the
-    process times out on its own lock. Handlers run only in the main thread,
+    process times out on its own lock. The signals held back are those of
+    `_HELD_SIGNALS`. Handlers run only in the main thread,
     so only there is anything held back; a signal that arrives meanwhile is
     handled, by its own handler, on the way out.
     """
@@ -133,7 +143,7 @@ class _signals_held:  # lower case: used like a function, `with _signals_held():
         self._pending: list[tuple[int, Any]] = []
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in signal.valid_signals():
+        for signum in _HELD_SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler):
                 self._previous[signum] = signal.signal(signum, self._hold)
