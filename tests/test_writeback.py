@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import objstore
-from objstore import _shelf
+from objstore import _writeback
 
 # ---------------------------------------------------------------- subclasses
 
@@ -112,7 +112,7 @@ def test_update_pickles_in_chunks(path: Path) -> None:
                 seen.append("k0" in self.plain)
             return (int, (0,))
 
-    n = _shelf._CHUNK + 1
+    n = _writeback.CHUNK + 1
     with objstore.open(path, writeback=True) as db, objstore.open(path) as plain:
         values: list[Any] = [0] * n
         values[-1] = Probe(plain)
