@@ -27,12 +27,21 @@ from ._serialize import Codec, is_intact
 from ._storage import BATCH_BYTES, BATCH_ITEMS
 from ._writeback import Writeback
 
-__all__ = ["SHELF_CLOSED", "SNAPSHOT_CLOSED", "TRANSACTION_CLOSED", "ReadTxn", "Snapshot", "Source"]
+__all__ = [
+    "CLOSED_SHELF_PICKLED",
+    "SHELF_CLOSED",
+    "SNAPSHOT_CLOSED",
+    "TRANSACTION_CLOSED",
+    "ReadTransaction",
+    "Snapshot",
+    "Source",
+]
 
-# What a closed shelf, snapshot or transaction says when used: defined once.
+# What a closed shelf, snapshot or transaction says when used (or pickled): defined once.
 SHELF_CLOSED = "the shelf is closed"
 SNAPSHOT_CLOSED = "the snapshot is closed"
 TRANSACTION_CLOSED = "the transaction is closed"
+CLOSED_SHELF_PICKLED = "a closed shelf cannot be pickled"
 
 
 class Source(Protocol):
@@ -54,7 +63,7 @@ class Source(Protocol):
     ) -> list[Any]: ...
 
 
-class ReadTxn(Source, Protocol):
+class ReadTransaction(Source, Protocol):
     """What `Storage.read` returns: a `Source` that is ended once."""
 
     def end(self) -> None: ...
@@ -381,9 +390,9 @@ class Snapshot(_Reader):
     cannot reuse the pages it sees, and the data file grows.
     """
 
-    def __init__(self, txn: ReadTxn, codec: Codec) -> None:
+    def __init__(self, txn: ReadTransaction, codec: Codec) -> None:
         super().__init__(txn, codec)
-        self._txn: ReadTxn | None = txn
+        self._txn: ReadTransaction | None = txn
 
     def close(self) -> None:
         """End the snapshot; later use raises `ClosedError`. Idempotent."""

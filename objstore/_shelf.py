@@ -42,7 +42,7 @@ from typing import Any
 
 from ._errors import ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
-from ._reader import SHELF_CLOSED, Snapshot, _Closed
+from ._reader import CLOSED_SHELF_PICKLED, SHELF_CLOSED, Snapshot, _Closed
 from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, Unpickler, _add_note
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
 from ._writeback import Writeback
@@ -51,8 +51,6 @@ from ._writer import Transaction, _Writer
 __all__ = ["Shelf", "Snapshot", "Transaction", "open"]
 
 VALUE_FORMAT = 1
-# What pickling a closed shelf says.
-CLOSED_SHELF_PICKLED = "a closed shelf cannot be pickled"
 
 # ------------------------------------------------------------------ shelf
 
