@@ -116,6 +116,7 @@ class _Reader(Mapping[str, Any]):
     _writeback: Writeback | None = None
 
     def __init__(self, source: Source, codec: Codec) -> None:
+        self._writeback = None  # an instance attribute: the hot paths read it fastest
         self._bind(source)
         self._codec = codec
         self._decode = codec.decode
@@ -309,7 +310,18 @@ class _Reader(Mapping[str, Any]):
         lo, hi, check = bounds(prefix, start, stop)
         writeback = self._writeback
         decode = self._decode if writeback is None else writeback.decoder(self)
+        first, second = itemgetter(0), itemgetter(1)
         for batch in self._batches(lo, hi, reverse, values=True):
+            if check is None:
+                try:
+                    keys = list(map(bytes.decode, map(first, batch)))
+                except UnicodeDecodeError:
+                    pass  # a long key (or damage): pair by pair below
+                else:
+                    # Loops in C; each value is still decoded only when its pair is
+                    # taken, and a batch emptied by close() ends the map.
+                    yield from zip(keys, map(decode, map(second, batch), keys))
+                    continue
             for raw_key, record in batch:
                 try:
                     key = raw_key.decode()

@@ -34,12 +34,13 @@ _MODIFY_ATTEMPTS = 16
 _V = TypeVar("_V")
 
 
-def _chunks(stored: list[bytes], keys: list[str], values: list[Any], codec: Codec) -> Iterator[Chunk]:
+def _chunks(
+    stored: list[bytes], keys: list[str], values: list[Any], codec: Codec, long: list[int]
+) -> Iterator[Chunk]:
     """The pairs of a bulk write as chunks for `Storage.put_many`, pickled one chunk at a time.
 
-    The records of long keys keep the whole key.
+    `long` lists the positions of the long keys, whose records keep the whole key.
     """
-    long = long_positions(stored)
     for i in range(0, len(keys), CHUNK):
         part = slice(i, i + CHUNK)
         keep = [j - i for j in long if i <= j < i + CHUNK]
@@ -222,8 +223,8 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         """Store `values` under `keys`, pickled chunk by chunk; keep their records in `kept` if given."""
         self._check_writable()
         stored = stored_keys(keys)
-        chunks = _chunks(stored, keys, values, self._codec)
         long = long_positions(stored)
+        chunks = _chunks(stored, keys, values, self._codec, long)
         if not long:
             self._source.put_many(chunks if kept is None else _keeping(chunks, kept))
             return
