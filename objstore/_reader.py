@@ -319,8 +319,8 @@ class _Reader(Mapping[str, Any]):
                     pass  # a long key (or damage): pair by pair below
                 else:
                     # Loops in C; each value is still decoded only when its pair is
-                    # taken, and a batch emptied by close() ends the map.
-                    yield from zip(keys, map(decode, map(second, batch), keys))
+                    # taken, and a batch emptied by close() ends the map (so zip is not strict).
+                    yield from zip(keys, map(decode, map(second, batch), keys), strict=False)
                     continue
             for raw_key, record in batch:
                 try:
