@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import objstore
-from objstore import _shelf
+from objstore import _keys
 
 PREFIX = 494  # leading bytes of a long key kept in its LMDB key (docs/format.md)
 
@@ -149,7 +149,7 @@ def test_a_hash_collision_is_absent_on_read_and_refused_on_write(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every long key sharing its first 494 bytes now gets the same LMDB key.
-    monkeypatch.setattr(_shelf, "_digest", lambda encoded: b"\x00" * 16)
+    monkeypatch.setattr(_keys, "_digest", lambda encoded: b"\x00" * 16)
     a, b = LONG + "a", LONG + "b"
     with objstore.open(path) as db:
         db[a] = 1

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import objstore
-from objstore import _shelf
+from objstore import _writeback
 
 # ---------------------------------------------------------------- subclasses
 
@@ -68,7 +68,34 @@ class TestSubclasses:
 
     def test_writeback_shelf_is_a_shelf(self, path: Path) -> None:
         with objstore.open(path, writeback=True) as db:
-            assert isinstance(db, objstore.Shelf)
+            assert type(db) is objstore.Shelf
+
+    def test_subclass_keeps_its_type_and_its_overrides_under_writeback(self, path: Path) -> None:
+        class Upper(objstore.Shelf):
+            """Overrides a read, a write and a bulk write, each reaching the cache through super()."""
+
+            def __getitem__(self, key: str) -> Any:
+                self.reads = getattr(self, "reads", 0) + 1
+                return super().__getitem__(key)
+
+            def __setitem__(self, key: str, value: Any) -> None:
+                super().__setitem__(key.upper(), value)
+
+            def update(self, other: Any = (), /, **kwds: Any) -> None:
+                super().update({key.upper(): value for key, value in dict(other, **kwds).items()})
+
+        with Upper(path, writeback=True) as db:
+            assert type(db) is Upper and type(db).__mro__[1] is objstore.Shelf
+            db["a"] = []
+            db.update(b=[])
+            db["A"].append(1)
+            db["B"].append(2)
+            assert db["A"] == [1] and db["B"] == [2]  # cached: the same objects
+            assert db.reads == 4 and "a" not in db
+        with objstore.open(path, "r") as db:
+            assert dict(db) == {"A": [1], "B": [2]}  # written back at close
+        with Upper(path) as db:
+            assert type(db) is Upper
 
 
 class TestSignature:
@@ -112,7 +139,7 @@ def test_update_pickles_in_chunks(path: Path) -> None:
                 seen.append("k0" in self.plain)
             return (int, (0,))
 
-    n = _shelf._CHUNK + 1
+    n = _writeback.CHUNK + 1
     with objstore.open(path, writeback=True) as db, objstore.open(path) as plain:
         values: list[Any] = [0] * n
         values[-1] = Probe(plain)
@@ -120,6 +147,37 @@ def test_update_pickles_in_chunks(path: Path) -> None:
         assert seen == [True]
         assert db[f"k{n - 1}"] is values[-1]  # cached, as the values of a writeback update are
         assert len(plain) == n
+
+
+def test_update_pickles_each_chunk_after_the_previous_one_is_written(path: Path) -> None:
+    """Under writeback, update() of several chunks pickles chunk by chunk between writes.
+
+    The first value of each chunk notes, when it is pickled, how many keys
+    the store holds: a plain shelf of the same thread joins update's
+    transaction, so it sees the chunks written so far. Pickling everything
+    first would see none written.
+    """
+    chunks = 3
+    seen: list[int] = []
+
+    class Probe:
+        def __init__(self, plain: objstore.Shelf) -> None:
+            self.plain = plain
+
+        def __reduce__(self) -> Any:
+            if not self.plain.closed:  # not again when the cache is written back at close
+                seen.append(len(self.plain))
+            return (int, (0,))
+
+    size = _writeback.CHUNK
+    with objstore.open(path, writeback=True) as db, objstore.open(path) as plain:
+        values: list[Any] = [0] * (chunks * size)
+        for c in range(chunks):
+            values[c * size] = Probe(plain)
+        db.update({f"k{i:06d}": value for i, value in enumerate(values)})
+        assert seen == [c * size for c in range(chunks)]
+        assert len(plain) == chunks * size
+        assert db["k000000"] is values[0]
 
 
 # ---------------------------------------------------------------- transactions
