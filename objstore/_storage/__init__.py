@@ -55,10 +55,10 @@ from ._common import (
     MAX_KEY_SIZE,
     Chunk,
     Options,
-    Storage,
     Value,
 )
 from ._environment import closing_at_exit
+from ._interface import Storage
 from ._open import filesystem_type, open_store
 from ._store import Store
 from ._transactions import ReadTxn, WriteTxn

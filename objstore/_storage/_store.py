@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from .._errors import ReadOnlyError
-from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new, translate
+from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._environment import REGISTRY
+from ._errors import BackendError, translate
 from ._transactions import ReadTxn, WriteTxn, _transaction
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Store:
         self._environment.ensure_open("sync")
         try:
             env.lmdb_env.sync(True)  # type: ignore[union-attr]
-        except lmdb.Error as exc:
+        except BackendError as exc:
             raise translate(exc, self.path, "sync") from exc
 
     def close(self) -> None:
