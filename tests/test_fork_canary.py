@@ -14,7 +14,10 @@ and fails with a message saying what changed and what to check:
   the bypass passes it in a fork child while the inherited environment is
   alive, without disturbing the parent;
 - py-lmdb objects dropped in a child leave the parent's reader slot alone;
-- the keep-alive can take a reference CPython never gives back.
+- the keep-alive can take a reference CPython never gives back;
+- the read transaction py-lmdb caches (``MAX_SPARE_TXNS``) stays the
+  parent's when a child keeps the inherited environment alive and exits
+  normally (freed instead, it takes the parent's reader slot with it).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import gc
 import importlib
 import inspect
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ import lmdb
 import pytest
 from _harness import fork_call
 
-from objstore._storage import _errors, _fork
+from objstore._storage import _common, _errors, _fork
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -184,3 +189,41 @@ def test_keep_forever_takes_a_reference_never_given_back() -> None:
     _fork.keep_forever(kept)
     # One reference from the list of kept objects, one taken with Py_IncRef.
     assert sys.getrefcount(kept) == before + 2
+
+
+SPARE_IN_A_CHILD = """
+    import os, sys, lmdb
+    from objstore._storage._fork import keep_forever
+    env = lmdb.open(sys.argv[1], max_spare_txns=1, map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.begin().get(b"k")  # ends by being reset and cached for the next read
+    pid = os.fork()
+    if pid == 0:
+        keep_forever(env)  # what ForkHandling.forget does with the inherited environment
+        del env
+        sys.exit(0)  # a normal exit: the interpreter frees what it can
+    os.waitpid(pid, 0)
+    try:
+        env.begin().get(b"k")
+        print("reused")
+    except lmdb.Error as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_a_kept_environment_leaves_its_cached_read_transaction_to_the_parent(tmp_path: Path) -> None:
+    assert _common.MAX_SPARE_TXNS == 1
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SPARE_IN_A_CHILD), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reused", changed(
+        f"after a forked child that kept the inherited environment alive exited, the parent's cached "
+        f"read transaction gave {result.stdout.strip()!r}: the child freed it. Reusing read "
+        "transactions is then not fork-safe: set MAX_SPARE_TXNS = 0 in objstore/_storage/_common.py"
+    )

@@ -2,6 +2,8 @@
 
 - its modules import each other in one direction only: no circle, counting
   imports made inside functions and under ``TYPE_CHECKING`` too;
+- each imports only modules listed after it in the package docstring, so
+  that list is the import order;
 - only ``_storage/_errors.py`` (the seam for backend errors) names an
   exception class of ``lmdb``; the others catch what it exports.
 """
@@ -9,7 +11,10 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import objstore._storage
 
 PACKAGE = Path(__file__).resolve().parent.parent / "objstore" / "_storage"
 SEAM = "_errors"
@@ -55,6 +60,16 @@ def test_modules_import_each_other_in_one_direction() -> None:
     for name in sorted(graph):
         visit(name, [])
     assert graph["_common"] == set(), "_common is the bottom of the package and imports none of it"
+
+
+def test_modules_import_only_those_listed_after_them() -> None:
+    modules = _modules()
+    order = re.findall(r"^- ``(_\w+)``:", objstore._storage.__doc__ or "", re.MULTILINE)
+    assert sorted(order) == sorted(set(modules) - {"__init__"}), "the docstring lists every module once"
+    for i, name in enumerate(order):
+        above = set(order[: i + 1])
+        wrong = _imports(modules[name], set(order)) & above
+        assert not wrong, f"_storage/{name}.py imports {sorted(wrong)}, listed before it (or itself)"
 
 
 def test_only_the_seam_names_lmdb_exceptions() -> None:

@@ -29,7 +29,17 @@ import lmdb
 
 from .. import _lock
 from .._errors import CorruptError, NotAStoreError, StoreError, StoreNotFoundError, UnsupportedFormatError
-from ._common import _ATTEMPTS, DURABILITY, FORMAT_VERSION, MAX_DBS, MAX_READERS, META_KEY, Options, T
+from ._common import (
+    _ATTEMPTS,
+    DURABILITY,
+    FORMAT_VERSION,
+    MAX_DBS,
+    MAX_READERS,
+    MAX_SPARE_TXNS,
+    META_KEY,
+    Options,
+    T,
+)
 from ._errors import SHELF_CLOSED, BackendError, MapResized, Remedy, closed, remedy, translate
 from ._fork import ForkHandling, Opener, keep_forever, watch
 from ._growth import MapGrowth, affordable_map_size
@@ -76,10 +86,6 @@ class _Environment(MapGrowth, ForkHandling):
         self.data: Any = None  # the main database's handle
         self.meta_record = b""
         self.settings: dict[str, Any] = {}
-        # Set in a forked child when another thread of the parent still held a
-        # write transaction at the fork (see before_fork): the child cannot use
-        # the store.
-        self.orphaned = False
         self._readers_checked = time.monotonic()
         self.handles = 0
         self.closed = False
@@ -113,7 +119,7 @@ class _Environment(MapGrowth, ForkHandling):
             "create": create,
             "max_dbs": MAX_DBS,
             "max_readers": MAX_READERS,
-            "max_spare_txns": 0,
+            "max_spare_txns": MAX_SPARE_TXNS,
             "lock": True,
             "writemap": False,
             "map_async": False,

@@ -8,12 +8,14 @@ This module owns fork handling, as `ForkHandling` (a part of
   one;
 - in the child, every inherited LMDB object is dropped without being called
   (`ForkHandling.forget`): ``close()`` or ``abort()`` on the parent's handles in
-  a child silently corrupts the parent's open snapshot. Write transactions of
-  threads that do not exist in the child must never even be freed (py-lmdb
-  hangs), so they and their environment are kept alive forever (`keep_forever`);
+  a child silently corrupts the parent's open snapshot. Some must never even
+  be freed, and are kept alive forever (`keep_forever`): the environment,
+  whose cached read transaction is the parent's (freeing it frees the
+  parent's reader slot), and write transactions of threads that do not exist
+  in the child (py-lmdb hangs);
 - the child reopens its own environment on first use (`ForkHandling.reopen`).
   py-lmdb refuses a second environment on files an object of this process
-  still has open; while inherited objects are alive, the child passes that
+  still has open, as the kept environment does, so the child passes that
   guard (`open_past_inherited`).
 
 What this relies on in py-lmdb, verified on `VERIFIED_LMDB` (the canary in
@@ -22,8 +24,10 @@ What this relies on in py-lmdb, verified on `VERIFIED_LMDB` (the canary in
 - the guard identifies an environment by ``lmdb._envid.env_keys(path,
   subdir)``, looked up on every open, and refuses with an ``lmdb.Error`` whose
   text says "already open" (``_errors.is_already_open``);
-- objects of py-lmdb dropped in a child do not end the parent's transactions
-  or reader slots (their destructors check the process id);
+- transactions of py-lmdb dropped in a child do not end the parent's
+  transactions or reader slots (their destructors check the process id), and
+  an environment kept alive in a child leaves its cached read transaction to
+  the parent, also when the child exits normally;
 - ``ctypes.pythonapi.Py_IncRef`` exists (CPython), for `keep_forever`.
 
 It must never call anything on an LMDB object inherited from the parent, nor
@@ -64,7 +68,6 @@ class ForkHandling:
         pid: int
         closed: bool
         writable: bool
-        orphaned: bool
         lmdb_env: lmdb.Environment | None
         data: Any
         writers: dict[int, WriteTxn]
@@ -109,10 +112,12 @@ class ForkHandling:
     def forget(self) -> None:
         """Drop the LMDB objects inherited from the parent, without calling them (fork child)."""
         me = threading.get_ident()
-        self.orphaned = self._other_writers(me)
-        if self.orphaned:
+        # Never freed, not even at exit: freeing it would end, in the shared
+        # reader table, the read transaction py-lmdb caches in it for the
+        # parent's next read (see MAX_SPARE_TXNS).
+        keep_forever(self.lmdb_env)
+        if self._other_writers(me):
             # Write transactions of threads that do not exist here: never free them.
-            keep_forever(self.lmdb_env)
             for txn in self._long_lived:
                 if isinstance(txn, WriteTxn) and txn.thread != me:
                     level: WriteTxn | None = txn
@@ -143,16 +148,7 @@ class ForkHandling:
             self.open_databases("w" if self.writable else "r", {}, lambda path, settings: None)
 
     def _open_in_child(self, path: str, kwargs: dict[str, Any]) -> lmdb.Environment:
-        """Open this child's own environment, past the objects inherited from the parent if needed."""
-        if not self.orphaned:
-            try:
-                return lmdb.open(path, **kwargs)
-            except BackendError as exc:
-                if not is_already_open(exc):
-                    raise
-                # An inherited object objstore does not hold is alive: one in
-                # the frame of a thread that was mid-operation at the fork
-                # (such frames are never freed in the child).
+        """Open this child's own environment, past the inherited one (kept alive, never used)."""
         try:
             return open_past_inherited(path, kwargs)
         except BackendError as exc:

@@ -213,17 +213,17 @@ class Store:
 
 
 def _readers(env: lmdb.Environment) -> dict[str, int]:
-    """Count the reader slots in use: by live processes, and stale ones left by dead processes."""
+    """Count the reader slots in use: by live processes' reads, and stale ones left by dead processes."""
     live = stale = 0
     # py-lmdb gives the reader table only as text: a header, then "pid thread txnid" per slot in use.
     for line in env.readers().splitlines()[1:]:
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
-        if _alive(int(fields[0])):
-            live += 1
-        else:
+        if not _alive(int(fields[0])):
             stale += 1
+        elif fields[2:3] != ["-"]:  # "-": a cached, idle read transaction (see MAX_SPARE_TXNS)
+            live += 1
     return {"readers_live": live, "readers_stale": stale}
 
 
