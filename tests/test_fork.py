@@ -9,6 +9,8 @@ normal interpreter exit of the child matters, of a subprocess):
   child's reads, writes, closing and exit still reads the original values.
   Touching inherited LMDB handles in a child fails *silently* (the parent's
   snapshot returns other values), so every test here compares values;
+- the read transaction the parent's environment caches for its next read
+  stays the parent's when a child exits normally;
 - a snapshot or transaction inherited from the parent raises a clear
   `objstore.TransactionError` in the child, instead of hanging or writing
   into the parent's transaction;
@@ -209,6 +211,42 @@ def test_parent_snapshot_survives_a_child_that_exits_normally(path: Path, how: s
     else:
         assert report["now"] == ["child", 0]
         assert report["count"] == 50
+
+
+CACHED_READ_THEN_FORK = """
+import json, os, sys
+import objstore
+from _harness import wait_pid
+
+db = objstore.open(sys.argv[1])
+db.update({f"v{i:03d}": i for i in range(200)})
+assert db["v000"] == 0  # a read: its ended transaction is cached for the next one
+pid = os.fork()
+if pid == 0:
+    db["v000"] = "child"
+    sys.exit(0)  # a normal exit: atexit and finalisers run
+status = wait_pid(pid, 20)
+reads = [db[f"v{i:03d}"] for i in range(1, 200)]
+with db.snapshot() as snap:
+    keys = len(snap)
+print(json.dumps({"status": status, "reads": reads == list(range(1, 200)), "keys": keys, "now": db["v000"]}))
+db.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_parent_reads_after_a_child_exits_normally(path: Path) -> None:
+    """The read transaction the parent's environment caches for its next read stays the parent's."""
+    result = subprocess.run(
+        [sys.executable, "-c", CACHED_READ_THEN_FORK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=TASKS.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"status": 0, "reads": True, "keys": 200, "now": "child"}
 
 
 # -------------------------------------------- inherited transaction objects

@@ -1,9 +1,9 @@
 """LMDB storage: the only package that imports ``lmdb``.
 
-Bytes in, bytes out. This module owns opening and creating stores (flags, what
-is at the path, the metadata record, damage checks), the per-process registry
-of environments, transactions, fork handling, map growth and the translation
-of every ``lmdb`` exception into an objstore one.
+Bytes in, bytes out. This package owns opening and creating stores (flags,
+what is at the path, the metadata record, damage checks), the per-process
+registry of environments, transactions, fork handling, map growth and the
+translation of every ``lmdb`` exception into an objstore one.
 
 It must never:
 
@@ -40,11 +40,25 @@ threads' write transactions to end in their own thread; every piece of
 bookkeeping after a commit or an abort is ordered so that a
 ``KeyboardInterrupt`` at any point leaves state that is over or repaired.
 
-Modules: ``_common`` (settings, the `Storage` interface, primitives on an
-lmdb transaction, error translation), ``_environment`` (one environment per
-path per process: recovery, growth, fork), ``_transactions`` (snapshots and
-write transactions), ``_store`` (the handle a shelf holds), ``_open``
-(opening and creating stores).
+Modules, each importing only those listed after it (``tests/test_storage_layers.py``
+checks it):
+
+- ``_open``: opening and creating stores: what is at the path, the network
+  filesystem check, ``lock.mdb``, the registry lookup; `open_store`;
+- ``_store``: `Store`, the handle a shelf holds: single operations, each in
+  its own short transaction or joining this thread's write transaction;
+- ``_interface``: the `Storage` protocol, all a shelf may use;
+- ``_environment``: the one environment per path per process and `REGISTRY`:
+  opening LMDB, the metadata record, retries, writers, closing;
+- ``_fork``: fork handling (hold writers off, forget, reopen past py-lmdb's
+  guard, keep-alive, the at-fork hooks), a part of the environment;
+- ``_growth``: map growth and the long-lived transactions a resize waits
+  for, a part of the environment;
+- ``_transactions``: snapshots and write transactions with replay;
+- ``_errors``: the seam for backend errors: translation into objstore's
+  exceptions, what to do about each, every look at message text, the
+  closed-state messages;
+- ``_common``: settings, limits, `Options`, primitives on an lmdb transaction.
 """
 
 from ._common import (
@@ -55,10 +69,10 @@ from ._common import (
     MAX_KEY_SIZE,
     Chunk,
     Options,
-    Storage,
     Value,
 )
 from ._environment import closing_at_exit
+from ._interface import Storage
 from ._open import filesystem_type, open_store
 from ._store import Store
 from ._transactions import ReadTxn, WriteTxn

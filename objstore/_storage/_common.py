@@ -1,21 +1,17 @@
-"""What every part of the storage shares: settings, the `Storage` interface, primitives, errors."""
+"""What every part of the storage shares: settings and limits, `Options`, primitives on an lmdb transaction.
+
+It imports nothing of the storage package: every other module may use it.
+It must never hold state, nor translate errors (``_errors`` does).
+"""
 
 from __future__ import annotations
 
 import sys
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-
-import lmdb
-
-from .._errors import CorruptError, ReadOnlyError, StoreError, UnsupportedFormatError
-
-if TYPE_CHECKING:
-    from ._transactions import ReadTxn, WriteTxn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
 Value = bytes | memoryview  # a value to store: LMDB copies any contiguous buffer
@@ -25,6 +21,8 @@ Value = bytes | memoryview  # a value to store: LMDB copies any contiguous buffe
 Chunk = tuple[Sequence[bytes], Callable[[], Sequence[Value]]]
 if TYPE_CHECKING:
     from typing import TypeAlias
+
+    import lmdb
 
     Txn: TypeAlias = "lmdb.Transaction[bytes]"
 
@@ -39,6 +37,12 @@ MAX_KEY_SIZE = 511  # LMDB 0.9 format, which objstore always creates
 META_KEY = b"\x00\xffobjstore"
 MAX_DBS = 4  # room for later named databases; every opener must pass the same
 MAX_READERS = 1024
+# py-lmdb caches one ended read transaction per environment (reset, keeping
+# its reader slot) and renews it for the next read: a single read is 15-25%
+# faster. The cached one belongs to the parent across fork: a child keeps the
+# inherited environment forever (_fork.ForkHandling.forget), because freeing
+# it, even at the child's normal exit, frees the slot under the parent.
+MAX_SPARE_TXNS = 1
 # The size of LMDB 0.9's lock.mdb with MAX_READERS slots, found by experiment
 # (tests/test_files.py checks it): a 192-byte header holding the first slot,
 # then 1023 slots of one 64-byte cache line each. objstore allocates it for
@@ -92,43 +96,6 @@ class Options:
                 raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
         if type(self.mode) is not int or not 0 <= self.mode <= 0o777:
             raise ValueError(f"mode must be an int of permission bits from 0 to 0o777, not {self.mode!r}")
-
-
-class Storage(Protocol):
-    """What a shelf needs from a storage backend: bytes keys to bytes records.
-
-    Every read method also exists on the transactions `read()` and `write()`
-    yield, and every write method on the transactions `write()` yields, so a
-    mapping can be built over any of the three.
-    """
-
-    path: str
-    readonly: bool
-    settings: dict[str, Any]
-
-    def get(self, key: bytes) -> bytes | None: ...
-    def contains(self, key: bytes) -> bool: ...
-    def count(self) -> int: ...
-    def batch(
-        self,
-        lo: bytes | None,
-        hi: bytes | None,
-        reverse: bool,
-        values: bool,
-        after: bytes | None,
-        limit: int = ...,
-    ) -> list[Any]: ...
-    def put(self, key: bytes, value: Value) -> None: ...
-    def delete(self, key: bytes) -> bool: ...
-    def put_new(self, key: bytes, value: Value) -> bytes | None: ...
-    def put_many(self, chunks: Iterable[Chunk]) -> None: ...
-    def clear(self) -> None: ...
-    def in_transaction(self) -> bool: ...
-    def read(self) -> ReadTxn: ...
-    def write(self) -> AbstractContextManager[WriteTxn]: ...
-    def sync(self) -> None: ...
-    def close(self) -> None: ...
-    def info(self) -> dict[str, Any]: ...
 
 
 # ---------------------------------------------------------------- primitives
@@ -205,83 +172,3 @@ def _put_new(txn: Txn, db: Any, key: bytes, value: Value) -> bytes | None:
     if existing is None:
         txn.put(key, value, db=db)
     return existing
-
-
-# ------------------------------------------------------------ error mapping
-
-
-def affordable_map_size(size: int) -> int:
-    """`size`, capped so that a map this large fits under the process's address-space limit.
-
-    A failed remap leaves LMDB's environment without a map, so the size must
-    fit before it is asked for: with ``ulimit -v`` set, a map takes at most
-    an eighth of it.
-    """
-    try:
-        import resource
-
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return size
-    if limit == resource.RLIM_INFINITY or limit <= 0:
-        return size
-    return max(1 << 20, min(size, limit // 8))
-
-
-def translate(exc: BaseException, path: str, action: str) -> BaseException:
-    """Return the objstore exception for an ``lmdb`` exception raised while doing `action`."""
-    if isinstance(exc, lmdb.ReadonlyError):
-        return ReadOnlyError(
-            f"cannot {action}: the store {path!r} is not writable by this process ({exc}); "
-            "check its permissions, or open it with flag 'r' to read it"
-        )
-    if "Permission denied" in str(exc):
-        return ReadOnlyError(
-            f"cannot {action}: this user may not write the files of {path!r} ({exc}). Even reading "
-            "needs write access to LMDB's lock file lock.mdb (its reader table); ask the store's owner "
-            "for group access (see mode= in docs/api.md)"
-        )
-    if isinstance(exc, lmdb.ReadersFullError):
-        return StoreError(
-            f"cannot {action}: all {MAX_READERS} reader slots of {path!r} are in use (the limit). Each "
-            "open snapshot and each read in progress holds one, in every process: close your snapshots "
-            "(use them in with-blocks) and end processes that hold many"
-        )
-    if isinstance(exc, lmdb.BadValsizeError):
-        return ValueError(f"cannot {action}: key or value size is outside LMDB's limits ({exc})")
-    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.InvalidError)):
-        return CorruptError(
-            f"cannot {action}: the data file of {path!r} is damaged ({exc}); restore it from a backup"
-        )
-    if isinstance(exc, lmdb.VersionMismatchError):
-        return UnsupportedFormatError(
-            f"cannot {action}: {path!r} was written by another LMDB version ({exc})"
-        )
-    if isinstance(exc, lmdb.LockError):
-        return StoreError(
-            f"cannot {action}: LMDB's lock file of {path!r} cannot be used ({exc}); this happens on "
-            "network filesystems and between containers that do not share a PID namespace"
-        )
-    if "No space" in str(exc) or "Disk quota" in str(exc):
-        return disk_full(path, action, exc)
-    if isinstance(exc, lmdb.DiskError) or "Input/output error" in str(exc):
-        return StoreError(
-            f"cannot {action}: writing {path!r} failed ({exc}); the disk may be full. Nothing of the "
-            "failed transaction was stored"
-        )
-    return StoreError(f"cannot {action} on {path!r}: {exc}")
-
-
-def disk_full(path: str, action: str, exc: BaseException) -> StoreError:
-    """The error for a write that failed because the filesystem of `path` is full."""
-    return StoreError(
-        f"cannot {action}: the disk holding {path!r} is full ({exc}). Free some space and try again; "
-        "nothing of the failed operation was stored"
-    )
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Whether `exc` is what a concurrent map resize in this process does to a transaction."""
-    if isinstance(exc, lmdb.InvalidParameterError):
-        return True
-    return isinstance(exc, lmdb.Error) and "closed/deleted/dropped" in str(exc)

@@ -13,8 +13,9 @@ import lmdb
 
 from .. import _lock
 from .._errors import NotAStoreError, ReadOnlyError, StoreError, StoreNotFoundError
-from ._common import LOCK_FILE_SIZE, MAX_DBS, META_KEY, Options, disk_full, translate
+from ._common import LOCK_FILE_SIZE, MAX_DBS, META_KEY, Options
 from ._environment import REGISTRY, _check_size, _Environment, _read_meta
+from ._errors import BackendError, disk_full, is_not_lmdb_file, translate
 from ._store import Store
 
 _OWN_FILES = frozenset({"data.mdb", "lock.mdb", _lock.MAINTENANCE_LOCK, _lock.OPENERS_LOCK})
@@ -72,8 +73,8 @@ def _peek(path: str, lock: bool) -> None:
     """Check, writing nothing, that a data file no objstore process has opened belongs to a store."""
     try:
         env = lmdb.open(path, readonly=True, lock=lock, create=False, max_dbs=MAX_DBS, map_size=0)
-    except lmdb.Error as exc:
-        if isinstance(exc, (lmdb.InvalidError, lmdb.VersionMismatchError)):
+    except BackendError as exc:
+        if is_not_lmdb_file(exc):
             raise NotAStoreError(f"{path!r} holds a data.mdb that is not an LMDB file ({exc})") from exc
         raise translate(exc, path, "open the store") from exc
     try:
@@ -86,7 +87,7 @@ def _peek(path: str, lock: bool) -> None:
                 )
         if raw is not None:
             _read_meta(raw, path)
-    except lmdb.Error as exc:
+    except BackendError as exc:
         raise translate(exc, path, "open the store") from exc
     finally:
         env.close()

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from .._errors import ReadOnlyError
-from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new, translate
+from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._environment import REGISTRY
+from ._errors import BackendError, translate
 from ._transactions import ReadTxn, WriteTxn, _transaction
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Store:
         self._environment.ensure_open("sync")
         try:
             env.lmdb_env.sync(True)  # type: ignore[union-attr]
-        except lmdb.Error as exc:
+        except BackendError as exc:
             raise translate(exc, self.path, "sync") from exc
 
     def close(self) -> None:
@@ -212,17 +213,17 @@ class Store:
 
 
 def _readers(env: lmdb.Environment) -> dict[str, int]:
-    """Count the reader slots in use: by live processes, and stale ones left by dead processes."""
+    """Count the reader slots in use: by live processes' reads, and stale ones left by dead processes."""
     live = stale = 0
     # py-lmdb gives the reader table only as text: a header, then "pid thread txnid" per slot in use.
     for line in env.readers().splitlines()[1:]:
         fields = line.split()
         if not fields or not fields[0].isdigit():
             continue
-        if _alive(int(fields[0])):
-            live += 1
-        else:
+        if not _alive(int(fields[0])):
             stale += 1
+        elif fields[2:3] != ["-"]:  # "-": a cached, idle read transaction (see MAX_SPARE_TXNS)
+            live += 1
     return {"readers_live": live, "readers_stale": stale}
 
 

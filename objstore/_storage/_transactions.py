@@ -1,4 +1,12 @@
-"""Transactions the caller holds open: snapshots (read) and write transactions with replay."""
+"""Transactions the caller holds open: snapshots (read) and write transactions with replay.
+
+This module owns `ReadTxn` and `WriteTxn` over one environment, which they
+see only through `Host` (what a transaction needs of its environment), and
+the bookkeeping that lets a write transaction survive map growth: the log of
+its changes and their replay. It must never grow the map or reopen the store
+itself (it asks its host), nor abort a transaction in a thread other than its
+own.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +14,45 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import lmdb
 
-from .._errors import ClosedError, ConflictError, TransactionError
-from ._common import (
-    _ATTEMPTS,
-    BATCH_ITEMS,
-    Chunk,
-    T,
-    Value,
-    _batch,
-    _contains,
-    _count,
-    _is_transient,
-    _put_new,
+from .._errors import ConflictError, TransactionError
+from ._common import _ATTEMPTS, BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
+from ._errors import (
+    CLOSED_UNDER_TXN,
+    STORE_CLOSED_MEANWHILE,
+    TXN_CLOSED,
+    BackendError,
+    MapFull,
+    closed,
+    is_transient,
     translate,
 )
 
 if TYPE_CHECKING:
     from ._common import Txn
-    from ._environment import _Environment
+
+
+class Host(Protocol):
+    """What a transaction needs of its environment (``_environment._Environment``)."""
+
+    path: str
+    closed: bool
+    writable: bool
+    lmdb_env: lmdb.Environment | None
+    data: Any
+    writers: dict[int, WriteTxn]
+
+    def register(self, txn: ReadTxn) -> None: ...
+    def unregister(self, txn: ReadTxn) -> None: ...
+    def recover(self, exc: BaseException, attempt: int, action: str) -> None: ...
+    def wait_for_fork(self) -> None: ...
+    def needs_room(self) -> bool: ...
+    def grow(self) -> None: ...
+    def empty(self, txn: Txn) -> None: ...
+    def writer_done(self) -> None: ...
 
 
 class ReadTxn:
@@ -35,7 +60,7 @@ class ReadTxn:
 
     readonly = True
 
-    def __init__(self, environment: _Environment) -> None:
+    def __init__(self, environment: Host) -> None:
         self._environment = environment
         self.path = environment.path
         self.thread = threading.get_ident()
@@ -81,9 +106,9 @@ class ReadTxn:
         if txn is None:
             if self.pid != os.getpid():
                 raise TransactionError("this transaction was opened in the parent process before fork()")
-            raise ClosedError("the transaction or snapshot is closed")
+            raise closed(TXN_CLOSED)
         if self._environment.closed:
-            raise ClosedError("the store was closed while this transaction or snapshot was open")
+            raise closed(CLOSED_UNDER_TXN)
         if self.expired:
             raise TransactionError(
                 "this snapshot ended because the store's map had to grow while it was open (the "
@@ -92,20 +117,18 @@ class ReadTxn:
             )
         return txn
 
-    def _error(self, exc: lmdb.Error, action: str) -> BaseException:
+    def _error(self, exc: BaseException, action: str) -> BaseException:
         """The exception to raise for `exc`, raised by this transaction's lmdb object."""
         if self._environment.closed:
-            return ClosedError(
-                f"cannot {action}: the store was closed while this transaction or snapshot was open"
-            )
+            return closed(CLOSED_UNDER_TXN, action)
         return translate(exc, self._environment.path, action)
 
     def _call(self, fn: Callable[[Txn], T], action: str) -> T:
         txn = self._live()
         try:
             return fn(txn)
-        except lmdb.Error as exc:
-            if not self._environment.closed and (self.expired or _is_transient(exc)):
+        except BackendError as exc:
+            if not self._environment.closed and (self.expired or is_transient(exc)):
                 self.expired = True
                 self._live()  # raises the TransactionError that explains it
             raise self._error(exc, action) from exc
@@ -143,7 +166,7 @@ class WriteTxn(ReadTxn):
 
     readonly = False
 
-    def __init__(self, environment: _Environment, parent: WriteTxn | None, blind: bool) -> None:
+    def __init__(self, environment: Host, parent: WriteTxn | None, blind: bool) -> None:
         super().__init__(environment)
         self.parent = parent
         self.blind = blind
@@ -176,7 +199,7 @@ class WriteTxn(ReadTxn):
                 self._txn = txn
                 if env.closed:
                     self._finish()
-                    raise ClosedError("cannot begin a transaction: the store was closed meanwhile")
+                    raise closed(STORE_CLOSED_MEANWHILE, "begin a transaction")
                 # A transaction cannot simply be rerun, so make room now, while
                 # this process holds LMDB's writer lock and no other can fill
                 # the map before the caller's writes: then only a transaction
@@ -191,7 +214,7 @@ class WriteTxn(ReadTxn):
         else:
             try:
                 self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
-            except lmdb.Error as exc:
+            except BackendError as exc:
                 raise self._error(exc, "begin a savepoint") from exc
         self._db = env.data
         env.writers[self.thread] = self
@@ -202,20 +225,11 @@ class WriteTxn(ReadTxn):
         An interrupt can land after LMDB committed and before this returns: the
         commit then happened, and the caller sees only the interrupt.
         """
-        self._check_thread()
+        self._check_thread()  # before the try: another thread must not end this transaction
         try:
-            txn = self._live()
-            for attempt in range(_ATTEMPTS + 1):
-                try:
-                    txn.commit()
-                    break
-                except lmdb.MapFullError as exc:
-                    # LMDB can need pages at commit time too; the commit aborted the transaction.
-                    if attempt >= _ATTEMPTS:
-                        raise self._error(exc, "commit the transaction") from exc
-                    txn = self._replay()
-                except lmdb.Error as exc:
-                    raise self._error(exc, "commit the transaction") from exc
+            # LMDB can need pages at commit time too: the commit then aborted
+            # the transaction, which is replayed and committed again.
+            self._write(lambda txn: txn.commit(), "commit the transaction")
             if self.parent is not None:
                 self.parent._log.extend(self._log)
         finally:
@@ -243,7 +257,7 @@ class WriteTxn(ReadTxn):
             # thread that does not own LMDB's writer lock, which then stays locked.
             try:
                 txn.abort()  # after a commit, this does nothing
-            except lmdb.Error:
+            except BackendError:
                 pass  # already ended by a failed commit or a resize
         self._log = []
         writers = env.writers
@@ -291,7 +305,7 @@ class WriteTxn(ReadTxn):
         if root._txn is not None:
             try:
                 root._txn.abort()
-            except lmdb.Error:
+            except BackendError:
                 pass  # a failed commit already ended it
         for level in stack:
             level._txn = None
@@ -335,11 +349,11 @@ class WriteTxn(ReadTxn):
         for attempt in range(_ATTEMPTS + 1):
             try:
                 return fn(txn)
-            except lmdb.MapFullError as exc:
+            except MapFull as exc:
                 if attempt >= _ATTEMPTS:
                     raise self._error(exc, action) from exc
                 txn = self._replay()
-            except lmdb.Error as exc:
+            except BackendError as exc:
                 raise self._error(exc, action) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -373,12 +387,12 @@ class WriteTxn(ReadTxn):
                     # tuple, so a bulk write allocates no container per pair.
                     for key, record in zip(keys, records, strict=True):
                         put(key, record)
-                except lmdb.MapFullError:
+                except MapFull:
                     # The replay restores everything before this chunk; then the
                     # whole chunk is written again.
                     txn = self._replay()
                     continue
-                except lmdb.Error as exc:
+                except BackendError as exc:
                     raise self._error(exc, "store values") from exc
                 self._log.append((keys, make_records))
                 break
@@ -395,7 +409,7 @@ class WriteTxn(ReadTxn):
 
 
 @contextmanager
-def _transaction(environment: _Environment, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
+def _transaction(environment: Host, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
     """Commit on normal exit, roll back (and re-raise) on an exception."""
     txn = WriteTxn(environment, parent, blind)
     try:
