@@ -293,3 +293,29 @@ def test_an_unknown_section_is_refused_not_guessed() -> None:
     with pytest.raises(objstore.UnsupportedFormatError, match="sections"):
         objstore._serialize.Codec().decode(record, "k")
     assert not objstore._serialize.is_intact(record)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["a", "b", "é", "日本"],
+        ["a", LONG + "x", "b"],
+        ["a", "", "b"],
+        ["a", "\ud800", "b"],
+        ["a", 1, "b"],
+        ["a", b"b"],
+        [],
+    ],
+)
+def test_bulk_key_rules_are_the_single_key_rules(keys: list[Any]) -> None:
+    """`stored_keys` (a bulk write's fast path) gives what `stored_key` gives key by key, errors included."""
+    try:
+        expected: list[bytes] | type[Exception] = [_keys.stored_key(key) for key in keys]
+    except (TypeError, ValueError) as exc:
+        expected = type(exc)
+    if isinstance(expected, list):
+        got = _keys.stored_keys(keys)
+        assert got == expected and [type(raw) for raw in got] == [type(raw) for raw in expected]
+    else:
+        with pytest.raises(expected):
+            _keys.stored_keys(keys)
