@@ -103,9 +103,9 @@ profiles objstore (or `--profile-system`) on one workload, `--dbm-dir DIR` lets 
 
 - **The floor** is the straightforward raw code a user would write with `lmdb` and `pickle`, with
   objstore's own LMDB settings (keys in the main database, `max_dbs=4`, `max_readers=1024`,
-  `max_spare_txns=0`, same map size and sync flags): a read is
-  `pickle.loads(env.begin(db=db).get(key.encode()))`, whose read transaction is freed as soon as the
-  call returns; a single write is `begin(write=True)`, `put`, `commit`; a bulk write is one
+  same map size and sync flags, but `max_spare_txns=0`, where objstore reuses a read transaction):
+  a read is `pickle.loads(env.begin().get(key.encode()))`, whose read transaction is freed as soon
+  as the call returns; a single write is `begin(write=True)`, `put`, `commit`; a bulk write is one
   transaction of `put`s; iteration is one cursor in one read transaction. It is what objstore would
   cost if its own work (key checks, record framing and CRC, transactions that never stay open across
   user code, map growth, locks) were free. Each figure is divided by the floor **with the same

@@ -29,8 +29,7 @@ from ._errors import (
 )
 from ._serialize import Pickler, Unpickler, dumps, loads
 from ._shelf import Shelf, Snapshot, Transaction, open
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "ClosedError",

@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Protocol
 
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
-from ._serialize import Codec, is_intact
+from ._serialize import Codec, add_key_note, is_intact
 from ._storage import BATCH_BYTES, BATCH_ITEMS
 from ._writeback import Writeback
 
@@ -220,12 +220,15 @@ class _Reader(Mapping[str, Any]):
                 live[id(token)] = batch
                 # Read before the caller resumes: another thread's close() empties the batch.
                 full = len(batch) >= limit
-                if full and values:
-                    size = sum(map(len, map(itemgetter(1), batch)))
-                    limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
-                    after = batch[-1][0]
-                elif full:
-                    after = batch[-1]
+                try:
+                    if full and values:
+                        size = sum(map(len, map(itemgetter(1), batch)))
+                        limit = max(1, min(BATCH_ITEMS, BATCH_BYTES * len(batch) // max(size, 1)))
+                        after = batch[-1][0]
+                    elif full:
+                        after = batch[-1]
+                except IndexError:  # emptied meanwhile by another thread's close()
+                    full = False
                 if batch:
                     yield batch
                 if isinstance(self._source, _Closed):
@@ -318,9 +321,20 @@ class _Reader(Mapping[str, Any]):
                 except UnicodeDecodeError:
                     pass  # a long key (or damage): pair by pair below
                 else:
-                    # Loops in C; each value is still decoded only when its pair is
+                    # Loops in C; each value is still loaded only when its pair is
                     # taken, and a batch emptied by close() ends the map (so zip is not strict).
-                    yield from zip(keys, map(decode, map(second, batch), keys), strict=False)
+                    records = list(map(second, batch))
+                    load = None if writeback is not None else self._codec.batch_loader(records)
+                    if load is None:
+                        yield from zip(keys, map(decode, map(second, batch), keys), strict=False)
+                        continue
+                    taken = iter(keys)
+                    try:
+                        yield from zip(taken, map(load, map(second, batch)), strict=False)
+                    except Exception as exc:
+                        # zip took the failing value's key before loading it.
+                        add_key_note(exc, keys[len(keys) - sum(1 for _ in taken) - 1])
+                        raise
                     continue
             for raw_key, record in batch:
                 try:

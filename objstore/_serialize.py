@@ -54,6 +54,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from itertools import count
+from operator import itemgetter
 from typing import Any
 
 from ._errors import CorruptError, UnsupportedFormatError
@@ -97,6 +98,7 @@ _trailer = struct.Struct("<BI").pack  # kind, CRC-32
 LARGE = 1 << 16  # values at least this big (by sys.getsizeof) are pickled into a buffer
 Record = bytes | memoryview  # what encode returns; LMDB takes either
 TRAILER_SIZE = 5
+_kind_of = itemgetter(-TRAILER_SIZE)  # a record's kind byte
 CRC_RESIDUE = 0x2144DF1C
 
 
@@ -208,6 +210,19 @@ class Codec:
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
         self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked)
+
+    def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
+        """The function that loads each of `records` if all are intact kind 1 records, else None.
+
+        Iteration's fast path: one pass in C over a whole batch (its CRCs, then
+        its kind bytes) instead of a check in a Python frame per record. With
+        None, each record goes through `decode`, which says what is wrong.
+        """
+        try:
+            plain = set(map(crc32, records)) == {CRC_RESIDUE} and set(map(_kind_of, records)) == {KIND_PICKLE}
+        except IndexError:  # a record of four bytes or fewer: decode says it is damaged
+            return None
+        return self.load if plain else None
 
     def _load_with_class(self, record: bytes) -> Any:
         return self.unpickler(io.BytesIO(record)).load()

@@ -45,6 +45,7 @@ from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, SHELF_CLOSED, Snapshot, _Closed
 from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, Unpickler, _add_note
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
+from ._version import __version__
 from ._writeback import Writeback
 from ._writer import Transaction, _Writer
 
@@ -279,8 +280,6 @@ def _reopen(path: str, flag: str, protocol: int, writeback: bool, kwargs: dict[s
 
 
 def _created_by() -> str:
-    from . import __version__
-
     return f"objstore {__version__}"
 
 

@@ -219,6 +219,23 @@ def test_a_failing_value_is_unpickled_once(path: Path, tmp_path: Path) -> None:
             assert "while unpickling the value of key 'bad'" in " ".join(getattr(info.value, "__notes__", []))
 
 
+def test_a_failing_value_amid_a_batch_is_named_by_its_key(path: Path, tmp_path: Path) -> None:
+    """Iteration loads a batch of intact records at once: an error names the right key all the same."""
+    global CALLS
+    CALLS = tmp_path / "calls"
+    CALLS.write_text("")
+    with objstore.open(path) as db:
+        db.update({f"k{i:02d}": i for i in range(40)})
+        db["k17x"] = Fails()
+        seen = []
+        with pytest.raises(RuntimeError) as info:
+            for key, value in db.items():
+                seen.append((key, value))
+        assert seen == [(f"k{i:02d}", i) for i in range(18)]
+        assert "while unpickling the value of key 'k17x'" in " ".join(getattr(info.value, "__notes__", []))
+        assert CALLS.read_text() == "x"
+
+
 def flip_key_byte(store: Path, key: bytes) -> bytes:
     """Make one stored key invalid UTF-8 in data.mdb (every copy); return the damaged key."""
     data_file = store / "data.mdb"

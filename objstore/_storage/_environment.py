@@ -83,7 +83,10 @@ class _Environment(MapGrowth, ForkHandling):
         self.writable = writable
         self.pid = os.getpid()
         self.lmdb_env: lmdb.Environment | None = None
-        self.data: Any = None  # the main database's handle
+        # The main database's handle, for what needs one (drop, stat). Transactions are
+        # begun without ``db=``: the main database is their default, and passing it
+        # costs py-lmdb's keyword parsing, a tenth of a small read.
+        self.data: Any = None
         self.meta_record = b""
         self.settings: dict[str, Any] = {}
         self._readers_checked = time.monotonic()
@@ -189,7 +192,7 @@ class _Environment(MapGrowth, ForkHandling):
         """Run `fn` in a transaction of the environment being opened (nothing else uses it yet)."""
 
         def run() -> T:
-            with self.lmdb_env.begin(write=write, db=self.data) as txn:  # type: ignore[union-attr]
+            with self.lmdb_env.begin(write=write) as txn:  # type: ignore[union-attr]
                 return fn(txn)
 
         return self._adopting(run)
@@ -244,7 +247,7 @@ class _Environment(MapGrowth, ForkHandling):
         """Run `fn` in a fresh transaction, retrying through growth, resizes and reopening."""
         for attempt in range(_ATTEMPTS + 1):
             try:
-                with self.lmdb_env.begin(write=write, db=self.data) as txn:  # type: ignore[union-attr]
+                with self.lmdb_env.begin(write=write) as txn:  # type: ignore[union-attr]
                     return fn(txn)
             except Exception as exc:
                 self.recover(exc, attempt, action)

@@ -70,7 +70,7 @@ class Store:
             # No `with`: the temporary transaction is freed, which aborts it and
             # frees its reader slot, as soon as get() returns; that saves the
             # context manager's two calls, a seventh of a small read.
-            return env.lmdb_env.begin(db=env.data).get(key)  # type: ignore[union-attr]
+            return env.lmdb_env.begin().get(key)  # type: ignore[union-attr]
         except Exception as exc:
             env.recover(exc, 0, "read")
         return self._read(lambda txn: txn.get(key), "read")
@@ -85,7 +85,7 @@ class Store:
                 joined.put(key, value)
                 return
         try:
-            txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+            txn = env.lmdb_env.begin(write=True)  # type: ignore[union-attr]
             try:
                 txn.put(key, value)
             except BaseException:

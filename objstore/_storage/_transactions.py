@@ -77,7 +77,7 @@ class ReadTxn:
         for attempt in range(_ATTEMPTS + 1):
             env.register(self)
             try:
-                self._txn = env.lmdb_env.begin(db=env.data)  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin()  # type: ignore[union-attr]
                 self._db = env.data
                 return
             except Exception as exc:
@@ -191,7 +191,7 @@ class WriteTxn(ReadTxn):
             for attempt in range(_ATTEMPTS + 1):
                 env.register(self)
                 try:
-                    txn = env.lmdb_env.begin(write=True, db=env.data)  # type: ignore[union-attr]
+                    txn = env.lmdb_env.begin(write=True)  # type: ignore[union-attr]
                 except Exception as exc:
                     env.unregister(self)
                     env.recover(exc, attempt, "begin a transaction")
@@ -213,7 +213,7 @@ class WriteTxn(ReadTxn):
             self._id = txn.id()
         else:
             try:
-                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, db=env.data)  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn)  # type: ignore[union-attr]
             except BackendError as exc:
                 raise self._error(exc, "begin a savepoint") from exc
         self._db = env.data
@@ -329,7 +329,7 @@ class WriteTxn(ReadTxn):
             )
         for level in stack:
             if level is not root:
-                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, db=env.data)  # type: ignore[union-attr]
+                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn)  # type: ignore[union-attr]
             txn = level._txn
             assert txn is not None
             for keys, make_records in level._log:
