@@ -19,12 +19,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from operator import itemgetter
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
 from ._serialize import Codec, add_key_note, is_intact
-from ._storage import BATCH_BYTES, BATCH_ITEMS
+from ._storage import BATCH_BYTES, BATCH_ITEMS, ReadTransaction, Source
 from ._writeback import Writeback
 
 __all__ = [
@@ -32,9 +32,7 @@ __all__ = [
     "SHELF_CLOSED",
     "SNAPSHOT_CLOSED",
     "TRANSACTION_CLOSED",
-    "ReadTransaction",
     "Snapshot",
-    "Source",
 ]
 
 # What a closed shelf, snapshot or transaction says when used (or pickled): defined once.
@@ -42,31 +40,6 @@ SHELF_CLOSED = "the shelf is closed"
 SNAPSHOT_CLOSED = "the snapshot is closed"
 TRANSACTION_CLOSED = "the transaction is closed"
 CLOSED_SHELF_PICKLED = "a closed shelf cannot be pickled"
-
-
-class Source(Protocol):
-    """The read methods of the `Storage` protocol, which its transactions also have."""
-
-    @property
-    def path(self) -> str: ...
-    def get(self, key: bytes) -> bytes | None: ...
-    def contains(self, key: bytes) -> bool: ...
-    def count(self) -> int: ...
-    def batch(
-        self,
-        lo: bytes | None,
-        hi: bytes | None,
-        reverse: bool,
-        values: bool,
-        after: bytes | None,
-        limit: int = ...,
-    ) -> list[Any]: ...
-
-
-class ReadTransaction(Source, Protocol):
-    """What `Storage.read` returns: a `Source` that is ended once."""
-
-    def end(self) -> None: ...
 
 
 class _Closed:

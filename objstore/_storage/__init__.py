@@ -47,7 +47,8 @@ checks it):
   filesystem check, ``lock.mdb``, the registry lookup; `open_store`;
 - ``_store``: `Store`, the handle a shelf holds: single operations, each in
   its own short transaction or joining this thread's write transaction;
-- ``_interface``: the `Storage` protocol, all a shelf may use;
+- ``_interface``: the protocols of a backend (`Storage`, its transactions), all
+  a shelf may use;
 - ``_environment``: the one environment per path per process and `REGISTRY`:
   opening LMDB, the metadata record, retries, writers, closing;
 - ``_fork``: fork handling (hold writers off, forget, reopen past py-lmdb's
@@ -72,7 +73,7 @@ from ._common import (
     Value,
 )
 from ._environment import closing_at_exit
-from ._interface import Storage
+from ._interface import ReadTransaction, Source, Storage, Writable, WriteTransaction
 from ._open import filesystem_type, open_store
 from ._store import Store
 from ._transactions import ReadTxn, WriteTxn
@@ -80,15 +81,19 @@ from ._transactions import ReadTxn, WriteTxn
 __all__ = [
     "BATCH_BYTES",
     "BATCH_ITEMS",
+    "Chunk",
     "DEFAULT_MAP_SIZE",
     "DURABILITY",
     "MAX_KEY_SIZE",
-    "Chunk",
     "Options",
+    "ReadTransaction",
     "ReadTxn",
-    "Store",
+    "Source",
     "Storage",
+    "Store",
     "Value",
+    "Writable",
+    "WriteTransaction",
     "WriteTxn",
     "closing_at_exit",
     "filesystem_type",

@@ -1,10 +1,12 @@
-"""The `Storage` protocol: what a shelf needs from a storage backend, and all it may use.
+"""The backend protocols: what a shelf needs from a storage backend, and all it may use.
 
 The shelf holds a `Storage` (``_store.Store`` is the LMDB one) and the
-transactions it yields, and sees bytes keys and bytes records only.
-``tests/test_storage.py`` is the contract a backend passes. The transactions
-are typed as this package's `ReadTxn` and `WriteTxn`; a second backend turns
-them into protocols of their own.
+transactions it yields (`ReadTransaction`, `WriteTransaction`), and sees bytes
+keys and bytes records only. A second backend implements these protocols and
+passes ``tests/test_storage.py``, the contract; nothing here names LMDB.
+
+It must never hold code: protocols only, so that it imports nothing of the
+storage package and every backend can depend on it.
 """
 
 from __future__ import annotations
@@ -14,21 +16,15 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ._common import Chunk, Value
-from ._transactions import ReadTxn, WriteTxn
+
+__all__ = ["ReadTransaction", "Source", "Storage", "WriteTransaction", "Writable"]
 
 
-class Storage(Protocol):
-    """What a shelf needs from a storage backend: bytes keys to bytes records.
+class Source(Protocol):
+    """The read methods: a store, a snapshot's transaction and a write transaction all have them."""
 
-    Every read method also exists on the transactions `read()` and `write()`
-    yield, and every write method on the transactions `write()` yields, so a
-    mapping can be built over any of the three.
-    """
-
-    path: str
-    readonly: bool
-    settings: dict[str, Any]
-
+    @property
+    def path(self) -> str: ...
     def get(self, key: bytes) -> bytes | None: ...
     def contains(self, key: bytes) -> bool: ...
     def count(self) -> int: ...
@@ -40,15 +36,58 @@ class Storage(Protocol):
         values: bool,
         after: bytes | None,
         limit: int = ...,
-    ) -> list[Any]: ...
+    ) -> list[Any]:
+        """Up to `limit` keys (or (key, record) pairs) of [lo, hi) after `after`, in byte order."""
+        ...
+
+
+class ReadTransaction(Source, Protocol):
+    """What `Storage.read` returns: a consistent snapshot of the store, ended once."""
+
+    def end(self) -> None: ...
+
+
+class Writable(Source, Protocol):
+    """The write methods: a store and a write transaction have them."""
+
     def put(self, key: bytes, value: Value) -> None: ...
     def delete(self, key: bytes) -> bool: ...
-    def put_new(self, key: bytes, value: Value) -> bytes | None: ...
-    def put_many(self, chunks: Iterable[Chunk]) -> None: ...
-    def clear(self) -> None: ...
-    def in_transaction(self) -> bool: ...
-    def read(self) -> ReadTxn: ...
-    def write(self) -> AbstractContextManager[WriteTxn]: ...
+    def put_new(self, key: bytes, value: Value) -> bytes | None:
+        """Store `value` unless `key` holds a record; return that record (None if stored)."""
+        ...
+
+    def put_many(self, chunks: Iterable[Chunk]) -> None:
+        """Store every chunk's keys and records, each chunk's records made when it is written."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every key (the metadata stays)."""
+        ...
+
+    def write(self) -> AbstractContextManager[WriteTransaction]:
+        """A write transaction (joined, as a savepoint, if this thread already holds one)."""
+        ...
+
+
+class WriteTransaction(Writable, Protocol):
+    """What `Writable.write` yields: committed when its block ends, rolled back on an exception."""
+
+    def written(self) -> list[bytes | None]:
+        """The keys written so far (None: the store was cleared)."""
+        ...
+
+
+class Storage(Writable, Protocol):
+    """A store: bytes keys to bytes records, each operation atomic on its own."""
+
+    readonly: bool
+    settings: dict[str, Any]
+
+    def in_transaction(self) -> bool:
+        """Whether this thread holds a write transaction on the store."""
+        ...
+
+    def read(self) -> ReadTransaction: ...
     def sync(self) -> None: ...
     def close(self) -> None: ...
     def info(self) -> dict[str, Any]: ...
