@@ -97,7 +97,7 @@ class TestPackaging:
         assert marker.is_file()
 
     def test_py_typed_is_declared_as_package_data(self) -> None:
-        tomllib = pytest.importorskip("tomllib")
+        tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
         pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
         if not pyproject.is_file():
             pytest.skip("not running from a source checkout")
