@@ -37,6 +37,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -106,6 +107,21 @@ def _timeout_error(what: str, path: str, timeout: float | None) -> LockTimeoutEr
     )
 
 
+def _poll(attempt: Callable[[], bool], timeout: float | None) -> bool:
+    """Call `attempt` until it succeeds (True) or `timeout` seconds have passed (False; None: never).
+
+    Both locks wait this way, by quick non-blocking attempts with a growing pause.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.001
+    while not attempt():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    return True
+
+
 def create(path: str, mode: int) -> None:
     """Create the lock file `path` with `mode` (filtered by the umask) unless it exists.
 
@@ -131,9 +147,9 @@ class _signals_held:  # lower case: used like a function, `with _signals_held():
     own bookkeeping: filelock 4.1 (the last release for Python 3.10) then
     leaks a descriptor that holds the lock, and every later acquisition of the
     process times out on its own lock. The signals held back are those of
-    `_HELD_SIGNALS`. Handlers run only in the main thread,
-    so only there is anything held back; a signal that arrives meanwhile is
-    handled, by its own handler, on the way out.
+    `_HELD_SIGNALS`. Handlers run only in the main thread, so only there is
+    anything held back; a signal that arrives meanwhile is handled, by its
+    own handler, on the way out.
     """
 
     __slots__ = ("_pending", "_previous")
@@ -166,7 +182,8 @@ class maintenance:  # lower case: used like a function, `with maintenance(path, 
     for its garbage collection, and every later growth of the process would
     time out). What was taken is read from the lock's own level count. Each
     call into filelock runs with signal handlers held back (`_signals_held`),
-    so waiting is a loop of quick attempts: Ctrl-C still interrupts the wait.
+    so waiting is a loop of quick attempts (`_poll`): Ctrl-C still interrupts
+    the wait.
     """
 
     __slots__ = ("_level", "_lock", "_path", "_timeout")
@@ -182,25 +199,22 @@ class maintenance:  # lower case: used like a function, `with maintenance(path, 
         self._level = 0
 
     def __enter__(self) -> None:
-        lock = self._lock
-        self._level = lock.lock_counter
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        pause = 0.001
+        self._level = self._lock.lock_counter
         try:
-            while True:
-                with _signals_held():
-                    try:
-                        lock.acquire(blocking=False)
-                        return
-                    except filelock.Timeout:
-                        pass
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise _timeout_error("maintenance", self._path, self._timeout)
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
+            taken = _poll(self._attempt, self._timeout)
         except BaseException:
             self._release()  # interrupted after the lock was taken
             raise
+        if not taken:
+            raise _timeout_error("maintenance", self._path, self._timeout)
+
+    def _attempt(self) -> bool:
+        with _signals_held():
+            try:
+                self._lock.acquire(blocking=False)
+            except filelock.Timeout:
+                return False
+        return True
 
     def __exit__(self, *exc: object) -> None:
         self._release()
@@ -264,14 +278,9 @@ class OpenersLock:
         self.alone = self.exclusive
 
     def _wait(self, mode: int, timeout: float | None, grace: float = 0.0) -> None:
-        deadline = None if timeout is None else time.monotonic() + max(timeout, grace)
-        pause = 0.001
-        while not self._try(mode):
-            if deadline is not None and time.monotonic() >= deadline:
-                what = "openers" if self.exclusive else "openers (held exclusively by another process)"
-                raise _timeout_error(what, self.path, timeout)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        if not _poll(lambda: self._try(mode), None if timeout is None else max(timeout, grace)):
+            what = "openers" if self.exclusive else "openers (held exclusively by another process)"
+            raise _timeout_error(what, self.path, timeout)
 
     def _try(self, mode: int) -> bool:
         try:

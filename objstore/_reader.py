@@ -286,6 +286,7 @@ class _Reader(Mapping[str, Any]):
         lo, hi, check = bounds(prefix, start, stop)
         writeback = self._writeback
         decode = self._decode if writeback is None else writeback.decoder(self)
+        batch_loader = self._codec.batch_loader if writeback is None else None
         first, second = itemgetter(0), itemgetter(1)
         for batch in self._batches(lo, hi, reverse, values=True):
             if check is None:
@@ -296,8 +297,7 @@ class _Reader(Mapping[str, Any]):
                 else:
                     # Loops in C; each value is still loaded only when its pair is
                     # taken, and a batch emptied by close() ends the map (so zip is not strict).
-                    records = list(map(second, batch))
-                    load = None if writeback is not None else self._codec.batch_loader(records)
+                    load = None if batch_loader is None else batch_loader(list(map(second, batch)))
                     if load is None:
                         yield from zip(keys, map(decode, map(second, batch), keys), strict=False)
                         continue

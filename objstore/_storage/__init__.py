@@ -76,7 +76,6 @@ from ._environment import closing_at_exit
 from ._interface import ReadTransaction, Source, Storage, Writable, WriteTransaction
 from ._open import filesystem_type, open_store
 from ._store import Store
-from ._transactions import ReadTxn, WriteTxn
 
 __all__ = [
     "BATCH_BYTES",
@@ -87,14 +86,12 @@ __all__ = [
     "MAX_KEY_SIZE",
     "Options",
     "ReadTransaction",
-    "ReadTxn",
     "Source",
     "Storage",
     "Store",
     "Value",
     "Writable",
     "WriteTransaction",
-    "WriteTxn",
     "closing_at_exit",
     "filesystem_type",
     "open_store",
