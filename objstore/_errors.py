@@ -26,6 +26,7 @@ translates them, keeping the original as ``__cause__``.
 from __future__ import annotations
 
 __all__ = [
+    "SHELF_CLOSED",
     "ClosedError",
     "ConflictError",
     "CorruptError",
@@ -38,6 +39,9 @@ __all__ = [
     "TransactionError",
     "UnsupportedFormatError",
 ]
+
+# What a closed shelf says when used: the shelf and its storage both say it, so it is defined here.
+SHELF_CLOSED = "the shelf is closed"
 
 
 class Error(Exception):

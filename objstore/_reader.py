@@ -6,7 +6,8 @@ store, a snapshot's read transaction, a write transaction): it turns keys into
 stored keys through `_keys`, and records into values through the codec's
 ``decode``. It owns the reading hot paths (``__getitem__``, ``get``,
 ``__contains__``, iteration in batches, ordered access) and the closed state
-(`_Closed` and the message of each closed thing, defined once here).
+(`_Closed` and the messages of closed snapshots and transactions, defined
+once here; a closed shelf's, which its storage says too, is `_errors`').
 
 It must never know the record format (only ``codec.decode``, `is_intact` and
 `record_key` read records) nor the key rules (only `_keys` applies them), nor
@@ -29,14 +30,12 @@ from ._writeback import Writeback
 
 __all__ = [
     "CLOSED_SHELF_PICKLED",
-    "SHELF_CLOSED",
     "SNAPSHOT_CLOSED",
     "TRANSACTION_CLOSED",
     "Snapshot",
 ]
 
-# What a closed shelf, snapshot or transaction says when used (or pickled): defined once.
-SHELF_CLOSED = "the shelf is closed"
+# What a closed snapshot or transaction says when used, and a closed shelf when pickled: defined once.
 SNAPSHOT_CLOSED = "the snapshot is closed"
 TRANSACTION_CLOSED = "the transaction is closed"
 CLOSED_SHELF_PICKLED = "a closed shelf cannot be pickled"

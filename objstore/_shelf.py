@@ -40,9 +40,9 @@ import warnings
 import weakref
 from typing import Any
 
-from ._errors import ClosedError, UnsupportedFormatError
+from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
-from ._reader import CLOSED_SHELF_PICKLED, SHELF_CLOSED, Snapshot, _Closed
+from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
 from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, Unpickler, _add_note
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
 from ._version import __version__

@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 
 from .. import _lock
-from .._errors import CorruptError, NotAStoreError, StoreError, StoreNotFoundError, UnsupportedFormatError
+from .._errors import (
+    SHELF_CLOSED,
+    CorruptError,
+    NotAStoreError,
+    StoreError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+)
 from ._common import (
     _ATTEMPTS,
     DURABILITY,
@@ -40,7 +47,7 @@ from ._common import (
     Options,
     T,
 )
-from ._errors import SHELF_CLOSED, BackendError, MapResized, Remedy, closed, remedy, translate
+from ._errors import BackendError, MapResized, Remedy, closed, remedy, translate
 from ._fork import ForkHandling, Opener, keep_forever, watch
 from ._growth import MapGrowth, affordable_map_size
 from ._transactions import ReadTxn, WriteTxn

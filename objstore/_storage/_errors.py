@@ -29,7 +29,13 @@ import enum
 
 import lmdb
 
-from .._errors import ClosedError, CorruptError, ReadOnlyError, StoreError, UnsupportedFormatError
+from .._errors import (
+    ClosedError,
+    CorruptError,
+    ReadOnlyError,
+    StoreError,
+    UnsupportedFormatError,
+)
 from ._common import MAX_READERS
 
 BackendError = lmdb.Error  # the base class of everything the backend raises
@@ -37,7 +43,6 @@ MapFull = lmdb.MapFullError  # the transaction needs more map: it is dead; grow 
 MapResized = lmdb.MapResizedError  # another process grew the map: adopt its size, then begin again
 
 # The closed state. Messages that name an action read "cannot <action>: <message>".
-SHELF_CLOSED = "the shelf is closed"
 STORE_CLOSED = "the store was closed"
 STORE_CLOSED_MEANWHILE = "the store was closed meanwhile"
 TXN_CLOSED = "the transaction or snapshot is closed"
