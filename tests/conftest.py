@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 import zlib
 from collections.abc import Callable, Iterator
@@ -71,3 +72,17 @@ def damage_record() -> Callable[[Path, object, int], int]:
         return found
 
     return damage
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """Collect each test's cyclic garbage when the test ends, at a known point.
+
+    A `multiprocessing` barrier or pool leaves its semaphores in reference
+    cycles (four for the barrier of one growth test, six for each pool). If a
+    later, random collection finds them while other code is inside
+    multiprocessing's resource tracker, their finalizers call into the tracker
+    reentrantly; Python 3.12 refuses that with an unraisable
+    ``ReentrantCallError``, which pytest then blames on whatever test is running.
+    """
+    gc.collect()
