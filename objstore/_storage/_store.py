@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from operator import methodcaller
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -73,7 +74,8 @@ class Store:
             return env.lmdb_env.begin().get(key)  # type: ignore[union-attr]
         except Exception as exc:
             env.recover(exc, 0, "read")
-        return self._read(lambda txn: txn.get(key), "read")
+        # methodcaller, not a lambda: a closure would make `key` a cell, built on every call.
+        return self._read(methodcaller("get", key), "read")
 
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
@@ -95,7 +97,7 @@ class Store:
             return
         except Exception as exc:
             env.recover(exc, 0, "store a value")
-        self._mutate(lambda txn: txn.put(key, value), "store a value")
+        self._mutate(methodcaller("put", key, value), "store a value")  # no cell: see get()
 
     # -- everything else
 
