@@ -56,7 +56,6 @@ import pickle
 import struct
 import sys
 from collections.abc import Callable, Sequence
-from functools import partial
 from itertools import count
 from operator import itemgetter
 from typing import Any
@@ -216,7 +215,7 @@ class Codec:
         self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
-        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked)
+        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked, None)
 
     def decoder(self, mapping: Any) -> Callable[[bytes, str], Any]:
         """`decode` for the reads of `mapping`: the references its values hold read through it.
@@ -224,7 +223,7 @@ class Codec:
         The fast path is `decode`'s own; only a record holding references
         (which is never of kind 1) uses the binding, made once per mapping.
         """
-        return _decoder(self.load, partial(self._decode_checked, mapping=resolver(mapping)))
+        return _decoder(self.load, self._decode_checked, resolver(mapping))
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
         """The function that loads each of `records` if all are intact kind 1 records, else None.
@@ -337,7 +336,7 @@ class Codec:
 
 
 def _decoder(
-    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any]
+    load: Callable[[bytes], Any], checked: Callable[[bytes, str, Any], Any], mapping: Any
 ) -> Callable[[bytes, str], Any]:
     """The `Codec.decode` of a codec that loads with `load`: one call per read.
 
@@ -345,6 +344,7 @@ def _decoder(
     and loaded in place; any other record goes to `checked`, which loads
     another kind or raises the error that says what is wrong. Everything the
     fast path needs is bound as a default, so it reads only local variables.
+    `mapping` is passed on to `checked`: what the references of a record bind to.
     """
 
     def decode(
@@ -355,7 +355,8 @@ def _decoder(
         kind_at: int = -TRAILER_SIZE,
         kind: int = KIND_PICKLE,
         load: Callable[[bytes], Any] = load,
-        checked: Callable[[bytes, str], Any] = checked,
+        checked: Callable[[bytes, str, Any], Any] = checked,
+        mapping: Any = mapping,
     ) -> Any:
         try:
             if crc32(record) == residue and record[kind_at] == kind:
@@ -365,7 +366,7 @@ def _decoder(
         except Exception as exc:
             add_key_note(exc, key)  # on the first error: loading again would rerun its side effects
             raise
-        return checked(record, key)
+        return checked(record, key, mapping)
 
     return decode
 
