@@ -28,7 +28,6 @@ import io
 import pickle
 import weakref
 from collections.abc import Callable, Mapping
-from functools import cache
 from typing import Any
 
 from ._errors import ClosedError
@@ -37,6 +36,10 @@ __all__ = ["REF_ID", "Ref", "RefFound", "dump_with_refs", "load_with_refs", "res
 
 REF_ID = "objstore.ref"  # the first item of a reference's persistent id; other ids never start so
 _Resolver = Callable[[], Mapping[str, Any] | None]  # a weak reference to the mapping that reads refs
+# The reference-aware subclass of each pickler and unpickler class, made once
+# (two threads may both make one: harmless).
+_picklers: dict[type[pickle.Pickler], type[pickle.Pickler]] = {}
+_unpicklers: dict[type[pickle.Unpickler], type[pickle.Unpickler]] = {}
 
 
 class RefFound(pickle.PicklingError):
@@ -125,9 +128,11 @@ def _own_hook(cls: type, name: str) -> Callable[..., Any] | None:
     return None
 
 
-@cache
 def _ref_pickler(base: type[pickle.Pickler]) -> type[pickle.Pickler]:
     """`base` with a ``persistent_id`` that writes a `Ref` as its id and collects its key."""
+    made = _picklers.get(base)
+    if made is not None:
+        return made
     own = _own_hook(base, "persistent_id")
 
     def persistent_id(self: Any, obj: Any) -> Any:
@@ -136,12 +141,15 @@ def _ref_pickler(base: type[pickle.Pickler]) -> type[pickle.Pickler]:
             return (REF_ID, obj._key)
         return None if own is None else own(self, obj)
 
-    return type(f"Ref{base.__name__}", (base,), {"persistent_id": persistent_id})
+    made = _picklers[base] = type(f"Ref{base.__name__}", (base,), {"persistent_id": persistent_id})
+    return made
 
 
-@cache
 def _ref_unpickler(base: type[pickle.Unpickler]) -> type[pickle.Unpickler]:
     """`base` with a ``persistent_load`` that loads a reference's id as a `Ref` bound to ``self.mapping``."""
+    made = _unpicklers.get(base)
+    if made is not None:
+        return made
     own = _own_hook(base, "persistent_load")
 
     def persistent_load(self: Any, pid: Any) -> Any:
@@ -153,9 +161,12 @@ def _ref_unpickler(base: type[pickle.Unpickler]) -> type[pickle.Unpickler]:
             return ref
         if own is not None:
             return own(self, pid)
-        raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}: the unpickler has no persistent_load for it")
+        raise pickle.UnpicklingError(
+            f"unsupported persistent id {pid!r}: the unpickler has no persistent_load for it"
+        )
 
-    return type(f"Ref{base.__name__}", (base,), {"persistent_load": persistent_load})
+    made = _unpicklers[base] = type(f"Ref{base.__name__}", (base,), {"persistent_load": persistent_load})
+    return made
 
 
 def dump_with_refs(pickler: type[pickle.Pickler], value: Any, protocol: int) -> tuple[bytes, list[str]]:
@@ -174,7 +185,10 @@ def dump_with_refs(pickler: type[pickle.Pickler], value: Any, protocol: int) -> 
 
 
 def load_with_refs(unpickler: type[pickle.Unpickler], data: bytes, mapping: _Resolver) -> Any:
-    """The value pickled at the start of `data` by (a subclass of) `unpickler`, its references bound to `mapping`."""
+    """The value pickled at the start of `data`, loaded by (a subclass of) `unpickler`.
+
+    Its references are bound to `mapping`, what they read through.
+    """
     reader: Any = _ref_unpickler(unpickler)(io.BytesIO(data))
     reader.mapping = mapping
     reader.loaded = {}

@@ -374,12 +374,14 @@ def _decoder(
 def _keep_key(record: Record, key: str) -> bytes:
     """`record` (of kind 1, or 2) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
     if record[-TRAILER_SIZE] == KIND_SECTIONS:  # e.g. one holding references
-        return _sectioned(record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1], SECTION_KEY, str.encode(key))
+        return _sectioned(
+            record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1], SECTION_KEY, str.encode(key)
+        )
     return _sectioned(record[:-TRAILER_SIZE], 0, SECTION_KEY, str.encode(key))
 
 
 def _sectioned(head: Record, count: int, tag: int, payload: bytes) -> bytes:
-    """A kind 2 record: `head` (a pickle stream and its `count` sections), one more section and the trailer."""
+    """A kind 2 record: `head` (a pickle stream, `count` sections), one more section, the trailer."""
     body = b"".join((head, payload, _section_end(len(payload), tag), bytes((count + 1, KIND_SECTIONS))))
     crc: int = crc32(body)  # typed here: without isal installed, mypy sees crc32 as Any
     return body + crc.to_bytes(4, "little")

@@ -267,7 +267,9 @@ class TestBulkAndLongKeys:
 
     def test_update_of_many_chunks(self, shelf: objstore.Shelf) -> None:
         count = 5000  # more than one chunk of the bulk write
-        shelf.update((f"k/{i:05}", shelf.ref(f"k/{(i + 1) % count:05}") if i % 7 == 0 else i) for i in range(count))
+        shelf.update(
+            (f"k/{i:05}", shelf.ref(f"k/{(i + 1) % count:05}") if i % 7 == 0 else i) for i in range(count)
+        )
         assert shelf["k/00000"]() == 1
         assert shelf["k/04998"]() == 4999
         assert shelf["k/00001"] == 1
@@ -284,7 +286,9 @@ class TestBulkAndLongKeys:
         shelf["s"] = "short"
         assert shelf[long_a]["to"]()["to"]()["to"].key == long_b
         assert shelf[long_b]["short"]() == "short"
-        assert sorted(shelf) == sorted([long_a, long_b, "s"])  # the whole keys are read back from their records
+        assert sorted(shelf) == sorted(
+            [long_a, long_b, "s"]
+        )  # the whole keys are read back from their records
         with shelf.transaction() as txn:
             txn.update({long_a + "!": [txn.ref(long_a)]})
         assert shelf[long_a + "!"][0]()["to"].key == long_b
