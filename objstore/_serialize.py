@@ -31,8 +31,9 @@ A record is the pickle stream followed by a five-byte trailer::
   to be LMDB keys themselves. Tag 5 (`SECTION_REFS`) marks a pickle stream
   that holds references (`_refs`: persistent ids ``("objstore.ref", key)``);
   its payload lists the keys referenced, each as its length (4 bytes,
-  little-endian) and its UTF-8, in the order first met. Later features (out-of-band buffers,
-  compression, signatures, references) add their own tags, so any of them can
+  little-endian) and its UTF-8, in the order first met; only such a record
+  is loaded with a ``persistent_load``. Later features (out-of-band buffers,
+  compression, signatures) add their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
