@@ -48,7 +48,16 @@ class RefFound(pickle.PicklingError):
     Inside a shelf the codec catches it and pickles the value again with
     references; anywhere else (``pickle.dumps``, ``objstore.dumps``, sending a
     value to another process) it is the ``PicklingError`` the user sees.
+    Its one argument is the key; the message is made only when shown, since
+    inside a shelf it is raised for every write of a value holding references.
     """
+
+    def __str__(self) -> str:
+        return (
+            f"the reference to key {self.args[0]!r} (an objstore.Ref) cannot be pickled on its own: "
+            "it is stored as its key's name, only inside a value stored in an objstore shelf; "
+            "pickle ref.key to send the name elsewhere"
+        )
 
 
 class Ref:
@@ -107,10 +116,7 @@ class Ref:
         return self
 
     def __reduce_ex__(self, protocol: object) -> Any:
-        raise RefFound(
-            f"{self!r} cannot be pickled on its own: a reference is stored as its key's name, "
-            "only inside a value stored in an objstore shelf; pickle ref.key to send the name elsewhere"
-        )
+        raise RefFound(self._key)
 
 
 def _own_hook(cls: type, name: str) -> Callable[..., Any] | None:
