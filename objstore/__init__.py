@@ -27,6 +27,7 @@ from ._errors import (
     TransactionError,
     UnsupportedFormatError,
 )
+from ._refs import Ref
 from ._serialize import Pickler, Unpickler, dumps, loads
 from ._shelf import Shelf, Snapshot, Transaction, open
 from ._version import __version__ as __version__
@@ -40,6 +41,7 @@ __all__ = [
     "NotAStoreError",
     "Pickler",
     "ReadOnlyError",
+    "Ref",
     "Shelf",
     "Snapshot",
     "StoreError",

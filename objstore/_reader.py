@@ -13,6 +13,8 @@ It must never know the record format (only ``codec.decode``, `is_intact` and
 `record_key` read records) nor the key rules (only `_keys` applies them), nor
 use anything of the storage but the methods of the `Storage` protocol.
 A writeback shelf's reads go to its `Writeback` strategy, which caches values.
+Each mapping decodes with its own ``codec.decoder(self)``, so the references
+(`Ref`) in the values it reads read through it; ``ref(key)`` makes one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, NoReturn
 
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
+from ._refs import Ref, resolver
 from ._serialize import Codec, add_key_note, is_intact
 from ._storage import BATCH_BYTES, BATCH_ITEMS, ReadTransaction, Source
 from ._writeback import Writeback
@@ -91,7 +94,7 @@ class _Reader(Mapping[str, Any]):
         self._writeback = None  # an instance attribute: the hot paths read it fastest
         self._bind(source)
         self._codec = codec
-        self._decode = codec.decode
+        self._decode = codec.decoder(self)
 
     def _bind(self, source: Source | _Closed) -> None:
         self._source = source
@@ -126,6 +129,18 @@ class _Reader(Mapping[str, Any]):
         if record is None:
             raise KeyError(key)
         return self._decode(record, key)
+
+    def ref(self, key: str) -> Ref:
+        """A reference to `key`, to store inside values: it is kept as the key's name, not a copy.
+
+        Calling it (``ref()``) reads the key's current value through this
+        mapping; `KeyError` if the key is absent then. A key that cannot be
+        one raises as a write would (`TypeError`, `ValueError`).
+        """
+        if isinstance(self._source, _Closed):
+            self._source.closed_get()  # raises ClosedError, as every other use
+        stored_key(key)  # the key rules, as a write applies them
+        return Ref(key, resolver(self))
 
     def _lookup(self, key: str) -> bytes | None:
         """The record of `key`; None if absent or if `key` cannot be a key (empty, not UTF-8)."""

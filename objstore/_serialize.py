@@ -28,8 +28,12 @@ A record is the pickle stream followed by a five-byte trailer::
       pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
 
   Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
-  to be LMDB keys themselves. Later features (out-of-band buffers,
-  compression, signatures, references) add their own tags, so any of them can
+  to be LMDB keys themselves. Tag 5 (`SECTION_REFS`) marks a pickle stream
+  that holds references (`_refs`: persistent ids ``("objstore.ref", key)``);
+  its payload lists the keys referenced, each as its length (4 bytes,
+  little-endian) and its UTF-8, in the order first met; only such a record
+  is loaded with a ``persistent_load``. Later features (out-of-band buffers,
+  compression, signatures) add their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
@@ -58,6 +62,7 @@ from operator import itemgetter
 from typing import Any
 
 from ._errors import CorruptError, UnsupportedFormatError
+from ._refs import RefFound, dump_with_refs, load_with_refs, resolver
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
     from isal.isal_zlib import crc32
@@ -74,6 +79,7 @@ __all__ = [
     "KIND_PICKLE",
     "KIND_SECTIONS",
     "SECTION_KEY",
+    "SECTION_REFS",
     "TRAILER_SIZE",
     "Codec",
     "Pickler",
@@ -90,7 +96,8 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
-_KNOWN_SECTIONS = frozenset({SECTION_KEY})
+SECTION_REFS = 5
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_REFS})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -209,7 +216,15 @@ class Codec:
         self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
-        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked)
+        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked, None)
+
+    def decoder(self, mapping: Any) -> Callable[[bytes, str], Any]:
+        """`decode` for the reads of `mapping`: the references its values hold read through it.
+
+        The fast path is `decode`'s own; only a record holding references
+        (which is never of kind 1) uses the binding, made once per mapping.
+        """
+        return _decoder(self.load, self._decode_checked, resolver(mapping))
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
         """The function that loads each of `records` if all are intact kind 1 records, else None.
@@ -240,9 +255,22 @@ class Codec:
                 payload = pickle.dumps(value, self.protocol)
                 return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
             return self._encode_in_buffer(value)
+        except RefFound:
+            pass  # the value holds a reference: pickled again below, with references
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
+        return self._encode_with_refs(value, key)
+
+    def _encode_with_refs(self, value: Any, key: str) -> bytes:
+        """The record of `value`, which holds references: its `SECTION_REFS` lists the keys named."""
+        try:
+            stream, keys = dump_with_refs(self.pickler, value, self.protocol)
+        except Exception as exc:
+            _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
+            raise
+        payload = b"".join(len(whole).to_bytes(4, "little") + whole for whole in map(str.encode, keys))
+        return _sectioned(stream, 0, SECTION_REFS, payload)
 
     def _encode_in_buffer(self, value: Any) -> memoryview:
         """The record of `value`, pickled into a buffer that the trailer is then appended to.
@@ -280,19 +308,28 @@ class Codec:
         taken = count()  # how many values the comprehension took, to name the one that failed
         try:
             payloads = [dumps(value, protocol) for value, _ in zip(values, taken, strict=False)]
+        except RefFound:  # a value holds a reference: the chunk goes value by value
+            return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         except Exception as exc:
             key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
         return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
 
-    def _decode_checked(self, record: bytes, key: str) -> Any:
-        """`decode` for every record its fast path leaves: other kinds, and damage (raised)."""
+    def _decode_checked(self, record: bytes, key: str, mapping: Any = None) -> Any:
+        """`decode` for every record its fast path leaves: other kinds, and damage (raised).
+
+        The references a record holds are bound to `mapping` (a weak reference,
+        see `decoder`); without one, such a record fails to load as pickle's
+        loads does (no ``persistent_load``).
+        """
         if not is_intact(record):
             raise bad_record(record, key)
         # Every kind starts with the pickle stream, and pickle stops at its
         # STOP opcode: the record is loaded in place, sections and all.
         try:
+            if mapping is not None and _holds_refs(record):
+                return load_with_refs(self.unpickler, record, mapping)
             return self.load(record)
         except Exception as exc:
             add_key_note(exc, key)
@@ -300,7 +337,7 @@ class Codec:
 
 
 def _decoder(
-    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any]
+    load: Callable[[bytes], Any], checked: Callable[[bytes, str, Any], Any], mapping: Any
 ) -> Callable[[bytes, str], Any]:
     """The `Codec.decode` of a codec that loads with `load`: one call per read.
 
@@ -308,6 +345,7 @@ def _decoder(
     and loaded in place; any other record goes to `checked`, which loads
     another kind or raises the error that says what is wrong. Everything the
     fast path needs is bound as a default, so it reads only local variables.
+    `mapping` is passed on to `checked`: what the references of a record bind to.
     """
 
     def decode(
@@ -318,7 +356,8 @@ def _decoder(
         kind_at: int = -TRAILER_SIZE,
         kind: int = KIND_PICKLE,
         load: Callable[[bytes], Any] = load,
-        checked: Callable[[bytes, str], Any] = checked,
+        checked: Callable[[bytes, str, Any], Any] = checked,
+        mapping: Any = mapping,
     ) -> Any:
         try:
             if crc32(record) == residue and record[kind_at] == kind:
@@ -328,19 +367,33 @@ def _decoder(
         except Exception as exc:
             add_key_note(exc, key)  # on the first error: loading again would rerun its side effects
             raise
-        return checked(record, key)
+        return checked(record, key, mapping)
 
     return decode
 
 
 def _keep_key(record: Record, key: str) -> bytes:
-    """`record` (of kind 1) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
-    whole = str.encode(key)
-    body = b"".join(
-        (record[:-TRAILER_SIZE], whole, _section_end(len(whole), SECTION_KEY), bytes((1, KIND_SECTIONS)))
-    )
+    """`record` (of kind 1, or 2) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:  # e.g. one holding references
+        return _sectioned(
+            record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1], SECTION_KEY, str.encode(key)
+        )
+    return _sectioned(record[:-TRAILER_SIZE], 0, SECTION_KEY, str.encode(key))
+
+
+def _sectioned(head: Record, count: int, tag: int, payload: bytes) -> bytes:
+    """A kind 2 record: `head` (a pickle stream, `count` sections), one more section, the trailer."""
+    body = b"".join((head, payload, _section_end(len(payload), tag), bytes((count + 1, KIND_SECTIONS))))
     crc: int = crc32(body)  # typed here: without isal installed, mypy sees crc32 as Any
     return body + crc.to_bytes(4, "little")
+
+
+def _holds_refs(record: bytes) -> bool:
+    """Whether `record`, intact, has a `SECTION_REFS` section (its pickle holds references)."""
+    if record[-TRAILER_SIZE] != KIND_SECTIONS:
+        return False
+    sections = _sections(record)
+    return sections is not None and SECTION_REFS in sections
 
 
 def _sections(record: bytes) -> dict[int, bytes] | None:
