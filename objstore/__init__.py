@@ -19,6 +19,7 @@ from ._errors import (
     ConflictError,
     CorruptError,
     Error,
+    ForbiddenGlobalError,
     LockTimeoutError,
     NotAStoreError,
     ReadOnlyError,
@@ -27,19 +28,23 @@ from ._errors import (
     TransactionError,
     UnsupportedFormatError,
 )
+from ._restrict import Allowlist, RestrictedUnpickler, Unreadable
 from ._serialize import Pickler, Unpickler, dumps, loads
 from ._shelf import Shelf, Snapshot, Transaction, open
 from ._version import __version__ as __version__
 
 __all__ = [
+    "Allowlist",
     "ClosedError",
     "ConflictError",
     "CorruptError",
     "Error",
+    "ForbiddenGlobalError",
     "LockTimeoutError",
     "NotAStoreError",
     "Pickler",
     "ReadOnlyError",
+    "RestrictedUnpickler",
     "Shelf",
     "Snapshot",
     "StoreError",
@@ -47,6 +52,7 @@ __all__ = [
     "Transaction",
     "TransactionError",
     "Unpickler",
+    "Unreadable",
     "UnsupportedFormatError",
     "dumps",
     "loads",

@@ -57,7 +57,7 @@ from itertools import count
 from operator import itemgetter
 from typing import Any
 
-from ._errors import CorruptError, UnsupportedFormatError
+from ._errors import CorruptError, ForbiddenGlobalError, UnsupportedFormatError
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
     from isal.isal_zlib import crc32
@@ -84,6 +84,7 @@ __all__ = [
     "add_key_note",
     "bad_record",
     "is_intact",
+    "pickle_of",
     "record_key",
 ]
 
@@ -159,6 +160,9 @@ def _shallow_size(value: Any) -> int:
 
 def add_key_note(exc: BaseException, key: str) -> None:
     """Name `key` in a note on `exc`, an error raised while unpickling its value."""
+    if isinstance(exc, ForbiddenGlobalError) and exc.key is None:
+        exc.key = key  # its message names the key itself
+        return
     _add_note(exc, f"while unpickling the value of key {key!r}")
 
 
@@ -376,6 +380,15 @@ def is_intact(record: bytes) -> bool:
         return False
     sections = _sections(record)
     return sections is not None and sections.keys() <= _KNOWN_SECTIONS
+
+
+def pickle_of(record: bytes) -> bytes:
+    """The pickle stream of an intact `record`, for tools that read it without loading it.
+
+    Every kind begins with the pickle stream, and readers of pickle opcodes
+    (``pickletools.genops``) stop at its STOP opcode: the record itself is it.
+    """
+    return record
 
 
 def record_key(record: bytes) -> bytes | None:
