@@ -73,7 +73,7 @@ def check(path: str, unsafe_globals: bool = False, allow: list[str] | None = Non
 
 
 def _check_globals(found: Iterator[tuple[str, list[tuple[str, str]]]], allowlist: Allowlist) -> int:
-    """Print the globals each record would import, marking those not allowed; return how many records have one."""
+    """Print the globals each record would import, marking those not allowed; return how many have one."""
     unsafe = 0
     for key, names in found:
         if not names:

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Iterable, Mapping
 from copyreg import _inverted_registry  # type: ignore[attr-defined]
 from types import ModuleType
-from typing import Any, ClassVar
-
-from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from typing import Any, ClassVar, cast
 
 from ._errors import ForbiddenGlobalError
 from ._serialize import Unpickler, _add_note, pickle_of
@@ -120,10 +119,15 @@ class Allowlist:
     def __init__(self, allow: Iterable[AllowEntry] | AllowEntry = ()) -> None:
         names: set[str] = set(_SAFE)
         modules: set[str] = set()
-        entries = [allow] if isinstance(allow, str | type | ModuleType) else allow
-        if isinstance(entries, Allowlist):
-            names, modules = set(entries.names), set(entries.modules)
+        entries: Iterable[Any]
+        if isinstance(allow, Allowlist):
+            names |= allow.names
+            modules |= allow.modules
             entries = ()
+        elif isinstance(allow, str | type | ModuleType):
+            entries = (allow,)  # one entry given without a list
+        else:
+            entries = cast(Iterable[Any], allow)
         for entry in entries:
             if isinstance(entry, ModuleType):
                 modules.add(entry.__name__)
@@ -139,8 +143,8 @@ class Allowlist:
                     "allow= takes classes, functions, modules and dotted names ('pkg.mod.Name'), "
                     f"not {type(entry).__name__}"
                 )
-        self.names = frozenset(names)
-        self.modules = frozenset(modules)
+        self.names: frozenset[str] = frozenset(names)
+        self.modules: frozenset[str] = frozenset(modules)
 
     @classmethod
     def of(cls, allow: Allowlist | Iterable[AllowEntry] | AllowEntry) -> Allowlist:
@@ -175,12 +179,12 @@ def _python2(module: str, name: str) -> tuple[str, str]:
     """The Python 3 name of a global named by a protocol 0-2 pickle, as pickle maps it (fix_imports)."""
     mapped = NAME_MAPPING.get((module, name))
     if mapped is not None:
-        return mapped  # type: ignore[no-any-return]
+        return mapped
     return IMPORT_MAPPING.get(module, module), name
 
 
 def resolve(module: str, name: str, aliases: Mapping[str, str]) -> tuple[str, str]:
-    """The global that `module`.`name`, as a pickle names it, stands for: Python 2 names mapped, then `aliases`.
+    """The global `module`.`name` of a pickle stands for: Python 2 names mapped, then `aliases`.
 
     An alias maps a whole name (``"old.mod.Name"``) or a module (``"old.mod"``,
     which also covers its submodules ``old.mod.sub``); a target may be written
@@ -355,9 +359,9 @@ def record_globals(record: bytes) -> list[tuple[str, str]]:
             if op in _STRINGS:
                 stack.append(arg)
             elif op in _GETS:
-                stack.append(memo.get(arg, _UNKNOWN))
+                stack.append(memo.get(cast(int, arg), _UNKNOWN))
             elif op in _PUTS or op == "MEMOIZE":
-                memo[arg if op in _PUTS else len(memo)] = stack[-1] if stack else _UNKNOWN
+                memo[cast(int, arg) if op in _PUTS else len(memo)] = stack[-1] if stack else _UNKNOWN
             elif op == "DUP":
                 stack.append(stack[-1] if stack else _UNKNOWN)
             else:

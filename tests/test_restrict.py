@@ -1,4 +1,4 @@
-"""Restricted loading: ``open(allow=..., aliases=...)``, `RestrictedUnpickler`, ``errors=`` and the globals scan.
+"""Restricted loading: ``open(allow=, aliases=)``, `RestrictedUnpickler`, ``errors=``, the globals scan.
 
 Covers: malicious values (written by an unrestricted shelf, or planted as raw
 pickles with plain lmdb, as an attacker who can write the files would) are
