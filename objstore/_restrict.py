@@ -94,8 +94,8 @@ _SAFE = frozenset(
     }
 )
 
-AllowEntry = type | ModuleType | str | Any
-"""An entry of ``allow=``: a class or function, a module, or a dotted name."""
+AllowEntry = Any
+"""An entry of ``allow=``: a class or function, a module, or a dotted name (checked by `Allowlist`)."""
 
 
 class Allowlist:
