@@ -126,8 +126,13 @@ class Allowlist:
             entries = ()
         elif isinstance(allow, str | type | ModuleType):
             entries = (allow,)  # one entry given without a list
+        elif isinstance(allow, Iterable):
+            entries = allow
         else:
-            entries = cast(Iterable[Any], allow)
+            raise TypeError(
+                "allow= takes a list of classes, functions, modules and dotted names, "
+                f"or one of them, not {type(allow).__name__}"
+            )
         for entry in entries:
             if isinstance(entry, ModuleType):
                 modules.add(entry.__name__)
