@@ -10,8 +10,9 @@ stored keys through `_keys`, and records into values through the codec's
 once here; a closed shelf's, which its storage says too, is `_errors`').
 
 It must never know the record format (only ``codec.decode``, `is_intact`,
-`record_key` and `record_globals` read records) nor the key rules (only `_keys` applies them), nor
-use anything of the storage but the methods of the `Storage` protocol.
+`record_key` and `record_globals` read records) nor the key rules (only
+`_keys` applies them), nor use anything of the storage but the methods of the
+`Storage` protocol.
 A writeback shelf's reads go to its `Writeback` strategy, which caches values.
 """
 

@@ -43,7 +43,8 @@ A record is the pickle stream followed by a five-byte trailer::
 
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
-``find_class`` allows only the classes you expect.
+``find_class`` allows only the classes you expect (``open(..., allow=...)``
+does so: see `_restrict` and docs/security.md).
 """
 
 from __future__ import annotations
