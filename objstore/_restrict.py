@@ -31,6 +31,7 @@ nor know keys on disk or the storage; it reads records only through
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import pickletools
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
@@ -247,17 +248,21 @@ class RestrictedUnpickler(Unpickler):
 
     def find_class(self, module: str, name: str, /) -> Any:
         """The global `name` of `module` after aliases, if allowed; else `ForbiddenGlobalError`."""
+        mapped = _python2(module, name)
         target_module, target_name = resolve(module, name, self.aliases)
         target = f"{target_module}.{target_name}"
+        aliased = (target_module, target_name) != mapped
         allowlist = self.allowlist
         if allowlist is not None and (
             not allowlist.allows(target_module, target_name)
-            # pickle maps the name again for protocols 0-2: what is checked must be what is loaded
-            or _python2(target_module, target_name) != (target_module, target_name)
+            # pickle maps an alias's target again for protocols 0-2: checked must be loaded
+            or (aliased and _python2(target_module, target_name) != (target_module, target_name))
         ):
             raise ForbiddenGlobalError(target)
         try:
-            found = super().find_class(target_module, target_name)
+            # Without an alias, pickle is given the name as written, so that it maps a
+            # Python 2 name itself, once, as only it knows the protocol.
+            found = super().find_class(*((target_module, target_name) if aliased else (module, name)))
         except (ImportError, AttributeError) as exc:
             moved = "" if target == f"{module}.{name}" else f" (named {module}.{name} in the pickle)"
             _add_note(
@@ -266,13 +271,24 @@ class RestrictedUnpickler(Unpickler):
                 f"open the store with aliases={{{f'{module}.{name}'!r}: 'its.new.Name'}}",
             )
             raise
-        if (
-            allowlist is not None
-            and allowlist.by_module(target_module, target_name)
-            and getattr(found, "__module__", None) != target_module
+        if allowlist is not None and (
+            (
+                allowlist.by_module(target_module, target_name)
+                and getattr(found, "__module__", None) != target_module
+            )
+            # a Python 2 name that pickle did not map (protocol 3+, fix_imports=False) is not what was checked
+            or (not aliased and mapped != (module, name) and found is not _lookup(*mapped))
         ):
-            raise ForbiddenGlobalError(target)  # not defined in the allowed module: e.g. one it imported
+            raise ForbiddenGlobalError(target)
         return found
+
+
+def _lookup(module: str, name: str) -> Any:
+    """The global `name` of `module` (imported: it passed the allowlist), as pickle finds it."""
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def restricted(

@@ -293,16 +293,20 @@ class TestRefused:
             db["k"]
         assert "objstore_no_such_module_xyz" not in sys.modules
 
-    def test_python2_name_checked_as_what_it_loads(self, path: Path) -> None:
-        # whichdb.whichdb maps to dbm.whichdb, which a protocol 0-2 load would map
-        # again to dbm.ndbm.whichdb: what is checked must be what is loaded.
+    def test_python2_names_load_as_pickle_loads_them(self, path: Path) -> None:
+        import dbm
+
         objstore.open(path).close()
-        plant(path, "k", global_call("whichdb", "whichdb", "x"))
-        with (
-            objstore.open(path, "r", allow=["dbm.whichdb"]) as db,
-            pytest.raises(objstore.ForbiddenGlobalError),
-        ):
-            db["k"]
+        # Protocols 0-2: mapped once, by pickle (whichdb.whichdb is dbm.whichdb, not dbm.ndbm's).
+        plant(path, "mapped", b"cwhichdb\nwhichdb\n.")
+        # Protocol 3+: pickle does not map, so there is no module __builtin__.
+        plant(path, "unmapped", b"\x80\x03c__builtin__\nset\n.")
+        with objstore.open(path, "r", allow=["dbm.whichdb"]) as db:
+            assert db["mapped"] is dbm.whichdb
+            with pytest.raises(ModuleNotFoundError):
+                db["unmapped"]
+        with objstore.open(path, "r", allow=()) as db, pytest.raises(objstore.ForbiddenGlobalError):
+            db["mapped"]
 
     def test_no_restriction_keeps_the_fast_path(self, path: Path) -> None:
         with objstore.open(path) as db:
@@ -680,3 +684,45 @@ class TestCheckCommand:
         done = cli("check", str(path), "--unsafe-globals")
         assert done.returncode == 0, done.stdout
         assert "0 record(s)" in done.stdout
+
+
+# ---------------------------------------------------- CPython's own suite
+
+try:
+    from test import pickletester
+except ImportError:  # pragma: no cover - a Python without its test package
+    pickletester = None
+
+if pickletester is not None:
+    import unittest
+
+    class _Everything(objstore.Allowlist):
+        """Allows every global by name: the checks all run, and pass."""
+
+        def allows(self, module: str, name: str) -> bool:
+            return True
+
+        def by_module(self, module: str, name: str) -> bool:
+            return False
+
+    class _AliasesOnly(objstore.RestrictedUnpickler):
+        allowlist = None
+        aliases = {"old_x": "new_x"}
+
+    class _AllowsEverything(objstore.RestrictedUnpickler):
+        allowlist = _Everything()
+
+    class TestUnpickleSuiteThroughRestrictedFindClass(pickletester.AbstractUnpickleTests, unittest.TestCase):
+        """pickle's unpickling tests through `RestrictedUnpickler.find_class`, nothing refused."""
+
+        bad_stack_errors = (pickle.UnpicklingError,)
+        truncated_errors = (pickle.UnpicklingError,)
+        unpickler: type[pickle.Unpickler] = _AliasesOnly
+
+        def loads(self, buf: bytes, **kwargs: Any) -> Any:
+            return self.unpickler(io.BytesIO(buf), **kwargs).load()
+
+    class TestUnpickleSuiteThroughAllowlistChecks(TestUnpickleSuiteThroughRestrictedFindClass):
+        """The same, with an allowlist that allows everything: loaded is what was checked."""
+
+        unpickler = _AllowsEverything
