@@ -111,7 +111,8 @@ class Allowlist:
     A global allowed only through its module must be defined there (its
     ``__module__`` is that module) and no part of its name may be a dunder:
     so allowing ``"mymod"`` does not allow ``mymod.os.system``, nor
-    ``mymod.Thing.__init__.__globals__``, nor a function ``mymod`` imported.
+    ``mymod.Thing.__init__.__globals__``, nor a function that ``mymod``
+    imported from another module.
     """
 
     SAFE: ClassVar[frozenset[str]] = _SAFE
@@ -244,7 +245,7 @@ class RestrictedUnpickler(Unpickler):
         if allow is not None:
             self.allowlist = Allowlist.of(allow)  # type: ignore[misc]
         if aliases is not None:
-            self.aliases = dict(aliases)  # type: ignore[misc]
+            self.aliases = _checked_aliases(aliases)  # type: ignore[misc]
 
     def find_class(self, module: str, name: str, /) -> Any:
         """The global `name` of `module` after aliases, if allowed; else `ForbiddenGlobalError`."""
@@ -283,6 +284,15 @@ class RestrictedUnpickler(Unpickler):
         return found
 
 
+def _checked_aliases(aliases: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `aliases`, refused (`TypeError`) unless it maps names (str) to names."""
+    if not isinstance(aliases, Mapping) or not all(
+        isinstance(old, str) and isinstance(new, str) and old and new for old, new in aliases.items()
+    ):
+        raise TypeError("aliases= maps old dotted names to new ones, e.g. {'old.mod.Name': 'new.mod.Name'}")
+    return dict(aliases)
+
+
 def _lookup(module: str, name: str) -> Any:
     """The global `name` of `module` (imported: it passed the allowlist), as pickle finds it."""
     found: Any = importlib.import_module(module)
@@ -305,7 +315,7 @@ def restricted(
         return unpickler
     if not (isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)):
         return unpickler  # the codec says what is wrong with it
-    attributes: dict[str, Any] = {"aliases": dict(aliases or {}), "__module__": __name__}
+    attributes: dict[str, Any] = {"aliases": _checked_aliases(aliases or {}), "__module__": __name__}
     if allow is not None:
         attributes["allowlist"] = Allowlist.of(allow)
     elif not issubclass(unpickler, RestrictedUnpickler):

@@ -140,8 +140,8 @@ class Shelf(_Writer):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
         # Normalised now, so that a bad entry is refused before the store is touched.
         allowlist = None if allow is None else Allowlist.of(allow)
-        aliases = dict(aliases) if aliases else None
         codec = Codec(protocol, pickler, restricted(unpickler, allowlist, aliases))
+        aliases = dict(aliases) if aliases else None  # checked by restricted()
         options = Options(
             durability=durability,
             map_size=map_size,

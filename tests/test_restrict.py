@@ -528,6 +528,12 @@ class TestAliases:
         notes = "\n".join(getattr(info.value, "__notes__", []))
         assert "objstore_gone_xyz.Thing" in notes and "aliases=" in notes and "'k'" in notes
 
+    @pytest.mark.parametrize("bad", [["old"], {"old.A": 1}, {"": "new.B"}])
+    def test_bad_aliases_refused_before_opening(self, path: Path, bad: Any) -> None:
+        with pytest.raises(TypeError, match="aliases="):
+            objstore.open(path, aliases=bad)
+        assert not path.exists()
+
     def test_resolve(self) -> None:
         from objstore._restrict import resolve
 
