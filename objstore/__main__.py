@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         "to allow besides the safe set",
     )
     args = parser.parse_args(argv)
+    if args.command == "check" and args.allow and not args.unsafe_globals:
+        parser.error("--allow is used with --unsafe-globals")
     try:
         if args.command == "demo":
             return demo(args.path)

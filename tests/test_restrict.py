@@ -680,6 +680,11 @@ class TestCheckCommand:
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         assert "0 record(s)" in allowed.stdout
 
+    def test_allow_needs_unsafe_globals(self, path: Path) -> None:
+        objstore.open(path).close()
+        done = cli("check", str(path), "--allow", "a.B")
+        assert done.returncode == 2 and "--unsafe-globals" in done.stderr
+
     def test_safe_store_and_default(self, path: Path) -> None:
         with objstore.open(path) as db:
             db.update({"a": SAFE_VALUES, "evil": Payload(print, "x")})
