@@ -19,6 +19,7 @@ from ._errors import (
     ConflictError,
     CorruptError,
     Error,
+    ForbiddenGlobalError,
     LockTimeoutError,
     NotAStoreError,
     ReadOnlyError,
@@ -28,20 +29,24 @@ from ._errors import (
     UnsupportedFormatError,
 )
 from ._refs import Ref
+from ._restrict import Allowlist, RestrictedUnpickler, Unreadable
 from ._serialize import Pickler, Unpickler, dumps, loads
 from ._shelf import Shelf, Snapshot, Transaction, open
 from ._version import __version__ as __version__
 
 __all__ = [
+    "Allowlist",
     "ClosedError",
     "ConflictError",
     "CorruptError",
     "Error",
+    "ForbiddenGlobalError",
     "LockTimeoutError",
     "NotAStoreError",
     "Pickler",
     "ReadOnlyError",
     "Ref",
+    "RestrictedUnpickler",
     "Shelf",
     "Snapshot",
     "StoreError",
@@ -49,6 +54,7 @@ __all__ = [
     "Transaction",
     "TransactionError",
     "Unpickler",
+    "Unreadable",
     "UnsupportedFormatError",
     "dumps",
     "loads",

@@ -1,6 +1,7 @@
-"""Command line: ``python -m objstore demo | info PATH | check PATH``.
+"""Command line: ``python -m objstore demo | info PATH | check PATH [--unsafe-globals [--allow NAME ...]]``.
 
-Exit status: 0 on success; 1 when ``check`` found damaged records; 2 when the
+Exit status: 0 on success; 1 when ``check`` found damaged records, or records
+naming globals outside the safe set (with ``--unsafe-globals``); 2 when the
 store cannot be opened or used (the error is printed, without a traceback).
 """
 
@@ -13,8 +14,9 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
-from . import Error
+from . import Allowlist, Error
 from . import open as open_store
 
 
@@ -52,10 +54,13 @@ def info(path: str) -> int:
     return 0
 
 
-def check(path: str) -> int:
+def check(path: str, unsafe_globals: bool = False, allow: list[str] | None = None) -> int:
     """Verify every entry (value records and keys); exit 1 if any is damaged."""
+    unsafe = 0
     with open_store(path, "r") as db:
         damaged = db.verify()
+        if unsafe_globals:
+            unsafe = _check_globals(db.iterglobals(), Allowlist(allow or ()))
     for key in damaged:
         try:
             key.encode()
@@ -64,7 +69,20 @@ def check(path: str) -> int:
         else:
             print(f"damaged: {key!r}")
     print(f"{len(damaged)} damaged record(s)")
-    return 1 if damaged else 0
+    return 1 if damaged or unsafe else 0
+
+
+def _check_globals(found: Iterator[tuple[str, list[tuple[str, str]]]], allowlist: Allowlist) -> int:
+    """Print the globals each record would import, marking those not allowed; return how many have one."""
+    unsafe = 0
+    for key, names in found:
+        if not names:
+            continue
+        marked = [f"{m}.{n}" + ("" if allowlist.allows(m, n) else " (NOT ALLOWED)") for m, n in names]
+        unsafe += any(not allowlist.allows(m, n) for m, n in names)
+        print(f"globals of {key!r}: {', '.join(marked)}")
+    print(f"{unsafe} record(s) name globals outside the safe set and --allow")
+    return unsafe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,14 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser("demo", help=demo.__doc__)
     demo_parser.add_argument("path", nargs="?", help="store directory (default: a new temporary one)")
     commands.add_parser("info", help=info.__doc__).add_argument("path")
-    commands.add_parser("check", help=check.__doc__).add_argument("path")
+    check_parser = commands.add_parser("check", help=check.__doc__)
+    check_parser.add_argument("path")
+    check_parser.add_argument(
+        "--unsafe-globals",
+        action="store_true",
+        help="also list the globals each record would import, read without unpickling; "
+        "exit 1 if any is outside the safe set (see docs/security.md)",
+    )
+    check_parser.add_argument(
+        "--allow",
+        nargs="+",
+        metavar="NAME",
+        help="with --unsafe-globals: dotted names (pkg.mod.Name, or pkg.mod for a whole module) "
+        "to allow besides the safe set",
+    )
     args = parser.parse_args(argv)
+    if args.command == "check" and args.allow and not args.unsafe_globals:
+        parser.error("--allow is used with --unsafe-globals")
     try:
         if args.command == "demo":
             return demo(args.path)
         if args.command == "info":
             return info(args.path)
-        return check(args.path)
+        return check(args.path, args.unsafe_globals, args.allow)
     except (Error, OSError) as exc:
         print(f"objstore: {exc}", file=sys.stderr)
         return 2

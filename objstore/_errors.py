@@ -8,6 +8,7 @@ already catch, so existing ``except`` clauses keep working::
     ├── ClosedError(Error, ValueError)            shelf, transaction or snapshot used after close
     ├── TransactionError(Error, RuntimeError)     a transaction or snapshot used where it cannot be
     │   └── ConflictError                         a transaction could not be resumed after map growth
+    ├── ForbiddenGlobalError(Error, pickle.UnpicklingError)  a restricted load met a global not allowed
     └── StoreError(Error, OSError)                the store cannot be opened or used
         ├── StoreNotFoundError(FileNotFoundError) flag "r"/"w" and no store at the path
         ├── NotAStoreError                        the path holds something that is not an objstore store
@@ -25,12 +26,15 @@ translates them, keeping the original as ``__cause__``.
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "SHELF_CLOSED",
     "ClosedError",
     "ConflictError",
     "CorruptError",
     "Error",
+    "ForbiddenGlobalError",
     "LockTimeoutError",
     "NotAStoreError",
     "ReadOnlyError",
@@ -73,6 +77,35 @@ class ConflictError(TransactionError):
     that moment, the reads the transaction already made may be stale, so it is
     rolled back instead and this error is raised: run the transaction again.
     """
+
+
+class ForbiddenGlobalError(Error, pickle.UnpicklingError):
+    """A restricted load met a global (a class or function named by the pickle) it does not allow.
+
+    Raised by `RestrictedUnpickler.find_class` (shelves opened with ``allow=``)
+    before the global is imported or anything of it runs. `name` is the
+    global, as ``"module.qualname"`` after any alias; `key` is the key whose
+    value was being read (None outside a shelf). An
+    ``pickle.UnpicklingError``, as any other refusal of a ``find_class``.
+    """
+
+    def __init__(self, name: str, key: str | None = None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.key = key
+
+    def __str__(self) -> str:
+        # Built when shown, not when raised: the codec learns the key only after
+        # the unpickler raised (see add_key_note in _serialize).
+        where = "a pickle" if self.key is None else f"the value of key {self.key!r}"
+        return (
+            f"{where} names the global {self.name!r}, which this load does not allow, so it was "
+            f"not loaded and nothing of it ran; if you trust it, add {self.name!r} to allow= "
+            "(see docs/security.md)"
+        )
+
+    def __reduce__(self) -> tuple[type[ForbiddenGlobalError], tuple[str, str | None], dict[str, object]]:
+        return (type(self), (self.name, self.key), self.__dict__)
 
 
 class StoreError(Error, OSError):

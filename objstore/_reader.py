@@ -9,9 +9,10 @@ stored keys through `_keys`, and records into values through the codec's
 (`_Closed` and the messages of closed snapshots and transactions, defined
 once here; a closed shelf's, which its storage says too, is `_errors`').
 
-It must never know the record format (only ``codec.decode``, `is_intact` and
-`record_key` read records) nor the key rules (only `_keys` applies them), nor
-use anything of the storage but the methods of the `Storage` protocol.
+It must never know the record format (only ``codec.decode``, `is_intact`,
+`record_key` and `record_globals` read records) nor the key rules (only
+`_keys` applies them), nor use anything of the storage but the methods of the
+`Storage` protocol.
 A writeback shelf's reads go to its `Writeback` strategy, which caches values.
 Each mapping decodes with its own ``codec.decoder(self)``, so the references
 (`Ref`) in the values it reads read through it; ``ref(key)`` makes one.
@@ -27,6 +28,7 @@ from typing import Any, NoReturn
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
 from ._refs import Ref, resolver
+from ._restrict import Unreadable, record_globals
 from ._serialize import Codec, add_key_note, is_intact
 from ._storage import BATCH_BYTES, BATCH_ITEMS, ReadTransaction, Source
 from ._writeback import Writeback
@@ -295,8 +297,19 @@ class _Reader(Mapping[str, Any]):
         start: str | None = None,
         stop: str | None = None,
         reverse: bool = False,
+        errors: str = "raise",
     ) -> Iterator[tuple[str, Any]]:
-        """Iterate over (key, value) pairs in key order; the bounds are those of `iterkeys`."""
+        """Iterate over (key, value) pairs in key order; the bounds are those of `iterkeys`.
+
+        `errors` says what a value that cannot be loaded does: ``"raise"``
+        (default) raises its error, which names the key; ``"skip"`` leaves the
+        pair out; ``"keep"`` yields an `Unreadable` in its place. Only errors
+        of loading a value are skipped or kept (damage, a record of a newer
+        format, any error unpickling it), never those of the store.
+        """
+        if errors != "raise":
+            yield from self._tolerant_items(prefix, start, stop, reverse, errors)
+            return
         lo, hi, check = bounds(prefix, start, stop)
         writeback = self._writeback
         decode = self._decode if writeback is None else writeback.decoder(self)
@@ -339,9 +352,45 @@ class _Reader(Mapping[str, Any]):
         start: str | None = None,
         stop: str | None = None,
         reverse: bool = False,
+        errors: str = "raise",
     ) -> Iterator[Any]:
-        """Iterate over values in key order; the bounds are those of `iterkeys`."""
-        return map(itemgetter(1), self.iteritems(prefix, start=start, stop=stop, reverse=reverse))
+        """Iterate over values in key order; the bounds and `errors` are those of `iteritems`."""
+        items = self.iteritems(prefix, start=start, stop=stop, reverse=reverse, errors=errors)
+        return map(itemgetter(1), items)
+
+    def _tolerant_items(
+        self, prefix: str | None, start: str | None, stop: str | None, reverse: bool, errors: str
+    ) -> Iterator[tuple[str, Any]]:
+        """`iteritems` with ``errors="skip"`` or ``"keep"``: each value loaded on its own."""
+        if errors not in ("skip", "keep"):
+            raise ValueError(f"errors must be 'raise', 'skip' or 'keep', not {errors!r}")
+        keep = errors == "keep"
+        for key, record in self._records(prefix, start, stop, reverse):
+            try:
+                value = self._value(key, record)
+            except Exception as exc:  # any error of this one value: the others still load
+                if keep:
+                    yield key, Unreadable(key, exc, record)
+                continue
+            yield key, value
+
+    def iterglobals(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        stop: str | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+        """Iterate over (key, globals) pairs: the (module, qualname) each value would import.
+
+        Reads the pickle opcodes of every intact record without loading
+        anything (damaged records are left out: `verify` lists them). The
+        bounds are those of `iterkeys`. See docs/security.md.
+        """
+        for key, record in self._records(prefix, start, stop, reverse):
+            if is_intact(record):
+                yield key, record_globals(record)
 
     def verify(self) -> list[str]:
         """Check the integrity of every entry; return the keys whose records are damaged.

@@ -47,7 +47,8 @@ A record is the pickle stream followed by a five-byte trailer::
 
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
-``find_class`` allows only the classes you expect.
+``find_class`` allows only the classes you expect (``open(..., allow=...)``
+does so: see `_restrict` and docs/security.md).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from itertools import count
 from operator import itemgetter
 from typing import Any
 
-from ._errors import CorruptError, UnsupportedFormatError
+from ._errors import CorruptError, ForbiddenGlobalError, UnsupportedFormatError
 from ._refs import RefFound, dump_with_refs, load_with_refs, resolver
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
@@ -90,6 +91,7 @@ __all__ = [
     "add_key_note",
     "bad_record",
     "is_intact",
+    "pickle_of",
     "record_key",
 ]
 
@@ -166,6 +168,9 @@ def _shallow_size(value: Any) -> int:
 
 def add_key_note(exc: BaseException, key: str) -> None:
     """Name `key` in a note on `exc`, an error raised while unpickling its value."""
+    if isinstance(exc, ForbiddenGlobalError) and exc.key is None:
+        exc.key = key  # its message names the key itself
+        return
     _add_note(exc, f"while unpickling the value of key {key!r}")
 
 
@@ -429,6 +434,15 @@ def is_intact(record: bytes) -> bool:
         return False
     sections = _sections(record)
     return sections is not None and sections.keys() <= _KNOWN_SECTIONS
+
+
+def pickle_of(record: bytes) -> bytes:
+    """The pickle stream of an intact `record`, for tools that read it without loading it.
+
+    Every kind begins with the pickle stream, and readers of pickle opcodes
+    (``pickletools.genops``) stop at its STOP opcode: the record itself is it.
+    """
+    return record
 
 
 def record_key(record: bytes) -> bytes | None:

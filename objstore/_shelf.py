@@ -38,11 +38,13 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
+from ._restrict import Allowlist, restricted
 from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, Unpickler, _add_note
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
 from ._version import __version__
@@ -96,6 +98,16 @@ class Shelf(_Writer):
     pickler, unpickler
         Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
         through, e.g. with custom reducers or a restricted ``find_class``.
+    allow
+        Restrict what values may import: ``None`` (default) allows anything
+        (pickle's own behaviour); otherwise only the safe set of data types
+        plus the classes, functions, modules and dotted names given (``()``:
+        the safe set alone). A value naming anything else raises
+        `ForbiddenGlobalError` before any of it runs. See docs/security.md.
+    aliases
+        Old names to new names (``{"old.mod.Name": "new.mod.Name",
+        "old.mod": "new.mod"}``) for classes and modules moved since the
+        values were written; applied before ``allow`` checks the new name.
     allow_network_fs
         Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
         locking is not coherent there: only safe when one process on one
@@ -119,12 +131,17 @@ class Shelf(_Writer):
         map_size: int = DEFAULT_MAP_SIZE,
         pickler: type[Pickler] | type[Any] = Pickler,
         unpickler: type[Unpickler] | type[Any] = Unpickler,
+        allow: Any = None,
+        aliases: Mapping[str, str] | None = None,
         allow_network_fs: bool = False,
         mode: int = 0o666,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
-        codec = Codec(protocol, pickler, unpickler)
+        # Normalised now, so that a bad entry is refused before the store is touched.
+        allowlist = None if allow is None else Allowlist.of(allow)
+        codec = Codec(protocol, pickler, restricted(unpickler, allowlist, aliases))
+        aliases = dict(aliases) if aliases else None  # checked by restricted()
         options = Options(
             durability=durability,
             map_size=map_size,
@@ -144,6 +161,7 @@ class Shelf(_Writer):
         super().__init__(store, codec)
         self._flag = flag
         self._options = options
+        self._loading = {"unpickler": unpickler, "allow": allowlist, "aliases": aliases}
         self._path = store.path
         self._snapshots: weakref.WeakValueDictionary[int, Snapshot] = weakref.WeakValueDictionary()
         if writeback:
@@ -267,7 +285,7 @@ class Shelf(_Writer):
             "timeout": options.timeout,
             "map_size": options.map_size,
             "pickler": self._codec.pickler,
-            "unpickler": self._codec.unpickler,
+            **self._loading,
             "allow_network_fs": options.allow_network_fs,
             "mode": options.mode,
         }
@@ -319,7 +337,7 @@ def open(
 
     `options` are the keyword-only parameters of `Shelf`: ``durability``,
     ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler``,
-    ``allow_network_fs`` and ``mode``.
+    ``allow``, ``aliases``, ``allow_network_fs`` and ``mode``.
     """
     return Shelf(path, flag, protocol, writeback, **options)
 

@@ -391,6 +391,8 @@ class TestOptions:
             "map_size",
             "pickler",
             "unpickler",
+            "allow",
+            "aliases",
             "allow_network_fs",
             "mode",
         }

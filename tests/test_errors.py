@@ -21,6 +21,7 @@ TREE: dict[type[BaseException], tuple[type[BaseException], tuple[type[BaseExcept
     objstore.ClosedError: (objstore.Error, (ValueError,)),
     objstore.TransactionError: (objstore.Error, (RuntimeError,)),
     objstore.ConflictError: (objstore.TransactionError, (RuntimeError,)),
+    objstore.ForbiddenGlobalError: (objstore.Error, (pickle.UnpicklingError,)),
     objstore.StoreError: (objstore.Error, (OSError,)),
     objstore.StoreNotFoundError: (objstore.StoreError, (OSError, FileNotFoundError)),
     objstore.NotAStoreError: (objstore.StoreError, (OSError,)),

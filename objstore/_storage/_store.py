@@ -75,7 +75,8 @@ class Store:
         except Exception as exc:
             env.recover(exc, 0, "read")
         # methodcaller, not a lambda: a closure would make `key` a cell, built on every call.
-        return self._read(methodcaller("get", key), "read")
+        record: bytes | None = self._read(methodcaller("get", key), "read")
+        return record
 
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
