@@ -9,7 +9,7 @@ stored keys through `_keys`, and records into values through the codec's
 (`_Closed` and the messages of closed snapshots and transactions, defined
 once here; a closed shelf's, which its storage says too, is `_errors`').
 
-It must never know the record format (only ``codec.decode``, `is_intact` and
+It must never know the record format (only ``codec.decode``, ``codec.intact`` and
 `record_key` read records) nor the key rules (only `_keys` applies them), nor
 use anything of the storage but the methods of the `Storage` protocol.
 A writeback shelf's reads go to its `Writeback` strategy, which caches values.
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
-from ._serialize import Codec, add_key_note, is_intact
+from ._serialize import Codec, add_key_note
 from ._storage import BATCH_BYTES, BATCH_ITEMS, ReadTransaction, Source
 from ._writeback import Writeback
 
@@ -331,6 +331,8 @@ class _Reader(Mapping[str, Any]):
     def verify(self) -> list[str]:
         """Check the integrity of every entry; return the keys whose records are damaged.
 
+        In a signed store, also the keys whose records' signatures do not match.
+
         Reads the whole store in batches without unpickling anything. An entry
         whose key itself is damaged (its stored bytes are not UTF-8, or a long
         key's record that holds it is damaged) is reported as its stored bytes
@@ -348,7 +350,7 @@ class _Reader(Mapping[str, Any]):
                     except CorruptError:
                         damaged.append(undecodable_key(raw_key))
                         continue
-                if not is_intact(record):
+                if not self._codec.intact(record, key):
                     damaged.append(key)
         return damaged
 

@@ -28,7 +28,8 @@ A record is the pickle stream followed by a five-byte trailer::
       pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
 
   Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
-  to be LMDB keys themselves. Later features (out-of-band buffers,
+  to be LMDB keys themselves. Tag 4 (`SECTION_MAC`) holds the 32-byte MAC of
+  a record of a signed store (see "Signed records" below). Later features (out-of-band buffers,
   compression, signatures, references) add their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
@@ -41,6 +42,25 @@ A record is the pickle stream followed by a five-byte trailer::
 - The pickle stream comes first so it can be unpickled in place: pickle stops
   at its STOP opcode and ignores the sections and the trailer.
 
+Signed records
+--------------
+Every record of a signed store (`SignedCodec`; the key comes from `_sign`)
+is of kind 2 and its last section, the one nearest the trailer, is its MAC
+(tag 4, 32 bytes)::
+
+    pickle | [key section] | MAC (32) | 32 (4) | 4 | count | 2 | CRC
+
+The MAC is keyed BLAKE2b-256 (`_sign.Signer`) over, in this order: the
+record's seven bytes between the MAC and the CRC (its length, tag, the
+section count and the kind), the length of the key's UTF-8 (8 bytes,
+little-endian), the key's UTF-8, and every byte of the record before the MAC
+(the pickle and any earlier section). So it covers the key the record is
+stored under (a record moved to another key is refused), every section and
+the kind; only the CRC is outside it. Reading checks the MAC first, and
+nothing reads the pickle or another section of a record whose MAC does not
+match: `SignatureError`, or `CorruptError` when the CRC says the record is
+damaged. Other sections of a signed record are read after its MAC is checked.
+
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
 ``find_class`` allows only the classes you expect.
@@ -48,6 +68,7 @@ trust, or restrict what can be loaded with an `Unpickler` whose
 
 from __future__ import annotations
 
+import hmac
 import io
 import pickle
 import struct
@@ -57,7 +78,8 @@ from itertools import count
 from operator import itemgetter
 from typing import Any
 
-from ._errors import CorruptError, UnsupportedFormatError
+from ._errors import CorruptError, SignatureError, UnsupportedFormatError
+from ._sign import MAC_SIZE, Signer
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
     from isal.isal_zlib import crc32
@@ -74,9 +96,11 @@ __all__ = [
     "KIND_PICKLE",
     "KIND_SECTIONS",
     "SECTION_KEY",
+    "SECTION_MAC",
     "TRAILER_SIZE",
     "Codec",
     "Pickler",
+    "SignedCodec",
     "Unpickler",
     "dumps",
     "crc32",
@@ -90,7 +114,8 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
-_KNOWN_SECTIONS = frozenset({SECTION_KEY})
+SECTION_MAC = 4
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_MAC})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -286,6 +311,10 @@ class Codec:
             raise
         return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
 
+    def intact(self, record: bytes, key: str) -> bool:
+        """Whether `record`, stored under `key`, passes every check `decode` makes before loading."""
+        return is_intact(record)
+
     def _decode_checked(self, record: bytes, key: str) -> Any:
         """`decode` for every record its fast path leaves: other kinds, and damage (raised)."""
         if not is_intact(record):
@@ -297,6 +326,147 @@ class Codec:
         except Exception as exc:
             add_key_note(exc, key)
             raise
+
+
+_MAC_END = _section_end(MAC_SIZE, SECTION_MAC)  # the MAC section's length and tag
+_MAC_TAIL = _SECTION_END + 1 + TRAILER_SIZE  # from the end of the MAC to the end of the record
+_MAC_START = _MAC_TAIL + MAC_SIZE  # from the start of the MAC to the end of the record
+_SIGNED_TAIL = _MAC_END + bytes((1, KIND_SECTIONS))  # after the MAC of a record with no other section
+_mac_head = struct.Struct("<7sQ").pack  # what a MAC covers first: the bytes after it, the key's length
+
+
+class SignedCodec(Codec):
+    """The codec of a signed store: its records carry a MAC, and only records whose MAC matches load.
+
+    Chosen when the shelf is opened, so unsigned stores keep `Codec`'s paths
+    untouched. Every write path goes through `encode` or `encode_many`, which
+    sign; `decode` checks the MAC of every record before loading it (see
+    "Signed records" in the module docstring).
+    """
+
+    __slots__ = ("signer",)
+
+    def __init__(
+        self,
+        signer: Signer,
+        protocol: int | None = None,
+        pickler: type[pickle.Pickler] = Pickler,
+        unpickler: type[pickle.Unpickler] = Unpickler,
+    ) -> None:
+        super().__init__(protocol, pickler, unpickler)
+        self.signer = signer
+        self.decode = _signed_decoder(self.load, signer, self._decode_checked)
+
+    def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
+        """None: every record of a signed store goes through `decode`, which checks its MAC."""
+        return None
+
+    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+        """Return the signed record for `value` under `key` (holding the whole key if `keep_key`)."""
+        return _signed(super().encode(value, key), key, keep_key, self.signer)
+
+    def encode_many(
+        self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
+    ) -> list[Record]:
+        """Return the signed records of `values` under `keys`, as `Codec.encode_many`."""
+        keep, signer = frozenset(keep_keys), self.signer
+        if not self._stock_pickler:  # Codec._encode_many would call this class's encode
+            return [self.encode(v, k, i in keep) for i, (v, k) in enumerate(zip(values, keys, strict=True))]
+        records = self._encode_many(values, keys)
+        return [_signed(r, k, i in keep, signer) for i, (r, k) in enumerate(zip(records, keys, strict=True))]
+
+    def intact(self, record: bytes, key: str) -> bool:
+        """Whether `record` passes its CRC and its MAC matches `key` and its bytes."""
+        return is_intact(record) and self._mac_matches(record, key)
+
+    def _mac_matches(self, record: bytes, key: str) -> bool:
+        if len(record) < _MAC_START or record[-_MAC_TAIL:-_MAC_TAIL + _SECTION_END] != _MAC_END:
+            return False
+        # surrogateescape: a key read from damaged bytes names them, and fails the MAC.
+        whole = str.encode(key, "utf-8", "surrogateescape")
+        head = _mac_head(record[-_MAC_TAIL : -TRAILER_SIZE + 1], len(whole))
+        mac = self.signer.mac(head, whole, record[:-_MAC_START])
+        return hmac.compare_digest(mac, record[-_MAC_START:-_MAC_TAIL])
+
+    def _decode_checked(self, record: bytes, key: str) -> Any:
+        """`decode` for records off its fast path: long keys, other sections, and refusals (raised)."""
+        if len(record) <= TRAILER_SIZE or crc32(record) != CRC_RESIDUE:
+            raise bad_record(record, key)  # damaged
+        if (
+            len(record) < _MAC_START
+            or record[-TRAILER_SIZE] != KIND_SECTIONS
+            or record[-_MAC_TAIL + _SECTION_END - 1] != SECTION_MAC
+        ):
+            raise SignatureError(
+                f"the value of key {key!r} holds no signature, so it was not written with this "
+                "store's secret (but by objstore without secret=, an older objstore, or another "
+                "program); it was not loaded: delete it, or overwrite it through a shelf opened "
+                "with the secret",
+                key,
+            )
+        if not self._mac_matches(record, key):
+            raise SignatureError(
+                f"the signature of the value of key {key!r} does not match: the record was written "
+                "with another secret, moved here from another key, or altered; it was not "
+                "loaded: delete it, or overwrite it through a shelf opened with the secret",
+                key,
+            )
+        return super()._decode_checked(record, key)
+
+
+def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> bytes:
+    """`record` (of kind 1) made a signed record: kind 2, a key section if `keep_key`, then its MAC."""
+    whole = str.encode(key)
+    body: Record = record[:-TRAILER_SIZE]
+    if keep_key:
+        body = b"".join((body, whole, _section_end(len(whole), SECTION_KEY)))
+    tail = _MAC_END + bytes((2 if keep_key else 1, KIND_SECTIONS))
+    signed = b"".join((body, signer.mac(_mac_head(tail, len(whole)), whole, body), tail))
+    crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
+    return signed + crc.to_bytes(4, "little")
+
+
+def _signed_decoder(
+    load: Callable[[bytes], Any], signer: Signer, checked: Callable[[bytes, str], Any]
+) -> Callable[[bytes, str], Any]:
+    """The `SignedCodec.decode` of a codec that loads with `load`: one call per read.
+
+    A record of a short key with a MAC only (nearly every record) is loaded
+    in place once its MAC matches; no CRC is computed, as a matching MAC
+    proves the bytes it covers intact. Any other record goes to `checked`,
+    which loads a long key's record or raises the error that says what is
+    wrong. Everything is bound as a default, so it reads only local variables.
+    """
+
+    def decode(
+        record: bytes,
+        key: str,
+        keyed: Any = signer.keyed,
+        tail: bytes = _SIGNED_TAIL,
+        head: Callable[[bytes, int], bytes] = _mac_head,
+        encode: Callable[[str], bytes] = str.encode,
+        equal: Callable[[bytes, bytes], bool] = hmac.compare_digest,
+        load: Callable[[bytes], Any] = load,
+        checked: Callable[[bytes, str], Any] = checked,
+    ) -> Any:
+        if record[-11:-4] == tail:  # _MAC_TAIL, TRAILER_SIZE - 1: the section end, count, kind
+            try:
+                whole = encode(key)
+            except UnicodeEncodeError:  # a key read from damaged bytes: checked names them
+                return checked(record, key)
+            state = keyed.copy()
+            state.update(head(tail, len(whole)))
+            state.update(whole)
+            state.update(record[:-43])  # _MAC_START
+            if equal(state.digest(), record[-43:-11]):
+                try:
+                    return load(record)
+                except Exception as exc:
+                    add_key_note(exc, key)
+                    raise
+        return checked(record, key)
+
+    return decode
 
 
 def _decoder(
