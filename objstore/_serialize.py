@@ -50,13 +50,17 @@ is of kind 2 and its last section, the one nearest the trailer, is its MAC
 
     pickle | [key section] | MAC (32) | 32 (4) | 4 | count | 2 | CRC
 
-The MAC is keyed BLAKE2b-256 (`_sign.Signer`) over, in this order: the
-record's seven bytes between the MAC and the CRC (its length, tag, the
-section count and the kind), the length of the key's UTF-8 (8 bytes,
-little-endian), the key's UTF-8, and every byte of the record before the MAC
-(the pickle and any earlier section). So it covers the key the record is
-stored under (a record moved to another key is refused), every section and
-the kind; only the CRC is outside it. Reading checks the MAC first, and
+The MAC is keyed BLAKE2b-256 (`_sign.Signer`) over, in this order: every
+byte of the record before the MAC (the pickle and any earlier section), the
+record's seven bytes between the MAC and the CRC (the MAC's length and tag,
+the section count, the kind), the byte ``0xff`` and the key's UTF-8. UTF-8
+never holds ``0xff``, so the key is what follows the last ``0xff``: no two
+(record, key) pairs have the same message. The MAC covers the key the record
+is stored under (a record moved to another key is refused), every section and
+the kind; only the CRC is outside it (a record whose MAC matches is read
+even if its CRC bytes alone are damaged: every other byte is proven intact). The message is two pieces, the first a
+slice of the record, hashed from a copy of the keyed BLAKE2b state: a small
+record's MAC costs less than three CRCs of it. Reading checks the MAC first, and
 nothing reads the pickle or another section of a record whose MAC does not
 match: `SignatureError`, or `CorruptError` when the CRC says the record is
 damaged. Other sections of a signed record are read after its MAC is checked.
@@ -332,7 +336,8 @@ _MAC_END = _section_end(MAC_SIZE, SECTION_MAC)  # the MAC section's length and t
 _MAC_TAIL = _SECTION_END + 1 + TRAILER_SIZE  # from the end of the MAC to the end of the record
 _MAC_START = _MAC_TAIL + MAC_SIZE  # from the start of the MAC to the end of the record
 _SIGNED_TAIL = _MAC_END + bytes((1, KIND_SECTIONS))  # after the MAC of a record with no other section
-_mac_head = struct.Struct("<7sQ").pack  # what a MAC covers first: the bytes after it, the key's length
+_KEY_MARK = b"\xff"  # between a MAC message's record bytes and its key: UTF-8 never holds it
+_SIGNED_HEAD = _SIGNED_TAIL + _KEY_MARK
 
 
 class SignedCodec(Codec):
@@ -376,16 +381,25 @@ class SignedCodec(Codec):
         return [_signed(r, k, i in keep, signer) for i, (r, k) in enumerate(zip(records, keys, strict=True))]
 
     def intact(self, record: bytes, key: str) -> bool:
-        """Whether `record` passes its CRC and its MAC matches `key` and its bytes."""
-        return is_intact(record) and self._mac_matches(record, key)
+        """Whether the MAC of `record` matches `key` and its bytes, and its sections are all known.
+
+        As in `decode`, the CRC is not consulted: a matching MAC proves every
+        byte it covers intact, and only the CRC is outside it.
+        """
+        if not self._mac_matches(record, key):
+            return False
+        sections = _sections(record)
+        return sections is not None and sections.keys() <= _KNOWN_SECTIONS
 
     def _mac_matches(self, record: bytes, key: str) -> bool:
-        if len(record) < _MAC_START or record[-_MAC_TAIL:-_MAC_TAIL + _SECTION_END] != _MAC_END:
+        if len(record) < _MAC_START or record[-_MAC_TAIL : -_MAC_TAIL + _SECTION_END] != _MAC_END:
             return False
-        # surrogateescape: a key read from damaged bytes names them, and fails the MAC.
-        whole = str.encode(key, "utf-8", "surrogateescape")
-        head = _mac_head(record[-_MAC_TAIL : -TRAILER_SIZE + 1], len(whole))
-        mac = self.signer.mac(head, whole, record[:-_MAC_START])
+        try:
+            whole = str.encode(key)
+        except UnicodeEncodeError:  # a key read from damaged bytes: no record can be signed for it
+            return False
+        tail = record[-_MAC_TAIL : -TRAILER_SIZE + 1]
+        mac = self.signer.mac(record[:-_MAC_START], tail + _KEY_MARK + whole)
         return hmac.compare_digest(mac, record[-_MAC_START:-_MAC_TAIL])
 
     def _decode_checked(self, record: bytes, key: str) -> Any:
@@ -421,7 +435,7 @@ def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> bytes:
     if keep_key:
         body = b"".join((body, whole, _section_end(len(whole), SECTION_KEY)))
     tail = _MAC_END + bytes((2 if keep_key else 1, KIND_SECTIONS))
-    signed = b"".join((body, signer.mac(_mac_head(tail, len(whole)), whole, body), tail))
+    signed = b"".join((body, signer.mac(body, tail + _KEY_MARK + whole), tail))
     crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
     return signed + crc.to_bytes(4, "little")
 
@@ -443,7 +457,7 @@ def _signed_decoder(
         key: str,
         keyed: Any = signer.keyed,
         tail: bytes = _SIGNED_TAIL,
-        head: Callable[[bytes, int], bytes] = _mac_head,
+        head: bytes = _SIGNED_HEAD,
         encode: Callable[[str], bytes] = str.encode,
         equal: Callable[[bytes, bytes], bool] = hmac.compare_digest,
         load: Callable[[bytes], Any] = load,
@@ -455,9 +469,8 @@ def _signed_decoder(
             except UnicodeEncodeError:  # a key read from damaged bytes: checked names them
                 return checked(record, key)
             state = keyed.copy()
-            state.update(head(tail, len(whole)))
-            state.update(whole)
             state.update(record[:-43])  # _MAC_START
+            state.update(head + whole)
             if equal(state.digest(), record[-43:-11]):
                 try:
                     return load(record)

@@ -47,8 +47,8 @@ MIN_SECRET_SIZE = 16
 SIGNED_VALUE_FORMAT = 2
 _SALT_SIZE = 16
 _DERIVE = b"objstore signing key\x00"
-# The message whose MAC the metadata keeps. A record's MAC message starts with
-# the record's MAC section end (0x20 0 0 0 4): no record message can equal it.
+# The message whose MAC the metadata keeps. A record's MAC message holds the
+# byte 0xff (before its key): no record message can equal this one.
 _CHECK = b"objstore secret check"
 
 
