@@ -432,16 +432,25 @@ class SignedCodec(Codec):
         )
 
 
-def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> bytes:
+def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
     """`record` (of kind 1) made a signed record: kind 2, a key section if `keep_key`, then its MAC."""
     whole = str.encode(key)
-    body: Record = record[:-TRAILER_SIZE]
-    if keep_key:
-        body = b"".join((body, whole, _section_end(len(whole), SECTION_KEY)))
+    body = record[:-TRAILER_SIZE]
+    sections = whole + _section_end(len(whole), SECTION_KEY) if keep_key else b""
     tail = _MAC_END + bytes((2 if keep_key else 1, KIND_SECTIONS))
-    signed = b"".join((body, signer.mac(body, tail + _KEY_MARK + whole), tail))
-    crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
-    return signed + crc.to_bytes(4, "little")
+    parts = (body, sections, signer.mac(body, sections, tail + _KEY_MARK + whole), tail)
+    if len(body) < LARGE:
+        signed = b"".join(parts)
+        crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
+        return signed + crc.to_bytes(4, "little")
+    # A large value is copied once, into a buffer LMDB is handed a view of (as in encode).
+    buffer = io.BytesIO()
+    for part in parts:
+        buffer.write(part)
+    with buffer.getbuffer() as written:
+        crc = crc32(written)
+    buffer.write(crc.to_bytes(4, "little"))
+    return buffer.getbuffer()
 
 
 def _signed_decoder(

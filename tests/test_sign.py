@@ -376,3 +376,21 @@ def test_a_signed_shelf_works_in_a_spawned_worker(signed: objstore.Shelf) -> Non
         assert pool.apply_async(_read_in_worker, (signed, "a")).get(timeout=45) == [1, 2]
     assert signed["a-worker"] == [1, 2]
     assert_signed(signed._source.get(b"a-worker"))
+
+
+def test_large_values_are_signed(path: Path) -> None:
+    value = bytes(range(256)) * 1024  # pickled into a buffer: encode's large path
+    with objstore.open(path, secret=SECRET) as db:
+        db["big"] = value
+        db.update({"big2": value, LONG: value})
+        assert db["big"] == db["big2"] == db[LONG] == value
+    records = raw_records(path)
+    for record in records.values():
+        assert_signed(record)
+    altered = bytearray(records[b"big"])
+    altered[100_000] ^= 0x01
+    put_raw(path, b"big", with_crc(bytes(altered[:-4])))
+    with objstore.open(path, secret=SECRET) as db:
+        with pytest.raises(objstore.SignatureError):
+            db["big"]
+        assert db["big2"] == value
