@@ -14,7 +14,9 @@ VALUE = {"id": 1, "name": "x" * 40, "tags": [1, 2, 3]}  # a pickle of about 90 b
 SECRET = b"benchmark secret, 32 bytes long!"
 
 
-def best_reads(plain: objstore.Shelf, signed: objstore.Shelf, rounds: int = 41, number: int = 20_000) -> tuple[float, float]:
+def best_reads(
+    plain: objstore.Shelf, signed: objstore.Shelf, rounds: int = 41, number: int = 20_000
+) -> tuple[float, float]:
     """Best seconds per ``db["k"]`` on each store, over `rounds` short runs taken in turn.
 
     Taken in turn, so that a busy machine slows both alike, and the best of

@@ -57,13 +57,15 @@ the section count, the kind), the byte ``0xff`` and the key's UTF-8. UTF-8
 never holds ``0xff``, so the key is what follows the last ``0xff``: no two
 (record, key) pairs have the same message. The MAC covers the key the record
 is stored under (a record moved to another key is refused), every section and
-the kind; only the CRC is outside it (a record whose MAC matches is read
-even if its CRC bytes alone are damaged: every other byte is proven intact). The message is two pieces, the first a
-slice of the record, hashed from a copy of the keyed BLAKE2b state: a small
-record's MAC costs less than three CRCs of it. Reading checks the MAC first, and
-nothing reads the pickle or another section of a record whose MAC does not
-match: `SignatureError`, or `CorruptError` when the CRC says the record is
-damaged. Other sections of a signed record are read after its MAC is checked.
+the kind; only the CRC is outside it. The message is two pieces, the first a
+slice of the record, hashed from a copy of the keyed BLAKE2b state.
+
+Reading checks the MAC first, and nothing reads the pickle or another section
+of a record whose MAC does not match: `SignatureError`, or `CorruptError`
+when the CRC says the record is damaged. A matching MAC proves every byte it
+covers intact, so the CRC is not checked then (a record whose CRC bytes alone
+are damaged is read). Other sections of a signed record are read after its
+MAC matched.
 
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose

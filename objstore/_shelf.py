@@ -285,7 +285,7 @@ class Shelf(_Writer):
         if self.closed:
             raise ClosedError(CLOSED_SHELF_PICKLED)
         options = self._options
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "durability": options.durability,
             "lock": "exclusive" if options.exclusive else "shared",
             "timeout": options.timeout,
