@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -394,3 +395,30 @@ def test_large_values_are_signed(path: Path) -> None:
         with pytest.raises(objstore.SignatureError):
             db["big"]
         assert db["big2"] == value
+
+
+def _rewrite_metadata(path: Path, change: Any) -> None:
+    env = lmdb.open(str(path), max_dbs=4)
+    try:
+        with env.begin(write=True) as txn:
+            meta = json.loads(bytes(txn.get(META_KEY)))
+            change(meta)
+            txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+    finally:
+        env.close()
+
+
+def test_value_format_2_without_a_signature_is_refused(path: Path) -> None:
+    with objstore.open(path, secret=SECRET):
+        pass
+    _rewrite_metadata(path, lambda meta: meta.pop("signature"))
+    with pytest.raises(objstore.UnsupportedFormatError, match="upgrade objstore"):
+        objstore.open(path)
+
+
+def test_a_stripped_signature_is_refused_by_holders_of_the_secret(path: Path) -> None:
+    with objstore.open(path, secret=SECRET) as db:
+        db["a"] = 1
+    _rewrite_metadata(path, lambda meta: (meta.pop("signature"), meta.update(value_format=1)))
+    with pytest.raises(objstore.SignatureError, match="is not a signed store"):
+        objstore.open(path, secret=SECRET)
