@@ -477,16 +477,19 @@ def _signed_decoder(
         equal: Callable[[bytes, bytes], bool] = hmac.compare_digest,
         load: Callable[[bytes], Any] = load,
         checked: Callable[[bytes, str], Any] = checked,
+        mac_end: int = -_MAC_TAIL,
+        crc_at: int = 1 - TRAILER_SIZE,
+        mac_at: int = -_MAC_START,
     ) -> Any:
-        if record[-11:-4] == tail:  # _MAC_TAIL, TRAILER_SIZE - 1: the section end, count, kind
+        if record[mac_end:crc_at] == tail:  # the MAC's length and tag, the section count, the kind
             try:
                 whole = encode(key)
             except UnicodeEncodeError:  # a key read from damaged bytes: checked names them
                 return checked(record, key)
             state = keyed.copy()
-            state.update(record[:-43])  # _MAC_START
+            state.update(record[:mac_at])
             state.update(head + whole)
-            if equal(state.digest(), record[-43:-11]):
+            if equal(state.digest(), record[mac_at:mac_end]):
                 try:
                     return load(record)
                 except Exception as exc:

@@ -133,12 +133,12 @@ class Shelf(_Writer):
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
         codec = Codec(protocol, pickler, unpickler)
-        key = None if secret is None else secret_bytes(secret)
+        secret_key = None if secret is None else secret_bytes(secret)
         signers: list[Signer | None] = []
 
         def check(path: str, settings: dict[str, Any]) -> None:
             _check_settings(path, settings)
-            signers.append(store_signer(path, settings, key))  # before "n" empties the store
+            signers.append(store_signer(path, settings, secret_key))  # before "n" empties the store
 
         options = Options(
             durability=durability,
@@ -157,14 +157,14 @@ class Shelf(_Writer):
                 "key_encoding": KEY_ENCODING,
                 "value_format": VALUE_FORMAT,
                 "created_by": _created_by(),
-                **({} if key is None else signed_settings(key)),
+                **({} if secret_key is None else signed_settings(secret_key)),
             },
             check,
         )
         signer = signers[-1]
         if signer is not None:
             codec = SignedCodec(signer, protocol, pickler, unpickler)
-        self._secret = key
+        self._secret = secret_key
         super().__init__(store, codec)
         self._flag = flag
         self._options = options
