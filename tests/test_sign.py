@@ -371,9 +371,10 @@ def _read_in_worker(db: objstore.Shelf, key: str) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_a_signed_shelf_works_in_a_spawned_worker(signed: objstore.Shelf) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_signed_shelf_works_in_a_worker(signed: objstore.Shelf, method: str) -> None:
     signed["a"] = [1, 2]
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    with multiprocessing.get_context(method).Pool(1) as pool:
         assert pool.apply_async(_read_in_worker, (signed, "a")).get(timeout=45) == [1, 2]
     assert signed["a-worker"] == [1, 2]
     assert_signed(signed._source.get(b"a-worker"))
