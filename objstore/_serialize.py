@@ -400,8 +400,7 @@ class SignedCodec(Codec):
             whole = str.encode(key)
         except UnicodeEncodeError:  # a key read from damaged bytes: no record can be signed for it
             return False
-        tail = record[-_MAC_TAIL : -TRAILER_SIZE + 1]
-        mac = self.signer.mac(record[:-_MAC_START], tail + _KEY_MARK + whole)
+        mac = _record_mac(self.signer, whole, record[-_MAC_TAIL : -TRAILER_SIZE + 1], record[:-_MAC_START])
         return hmac.compare_digest(mac, record[-_MAC_START:-_MAC_TAIL])
 
     def _decode_checked(self, record: bytes, key: str) -> Any:
@@ -428,10 +427,19 @@ class SignedCodec(Codec):
             )
         raise SignatureError(
             f"the signature of the value of key {key!r} does not match: the record was written "
-            "with another secret, moved here from another key, or altered; it was not "
+            "with another secret, moved here from another key or store, or altered; it was not "
             "loaded: delete it, or overwrite it through a shelf opened with the secret",
             key,
         )
+
+
+def _record_mac(signer: Signer, key: bytes, tail: bytes, *before: Record) -> bytes:
+    """The MAC of a record: `before` are its bytes before the MAC, `tail` those after it but the CRC.
+
+    The message is `before`, `tail`, ``0xff`` and the key's UTF-8 `key` (see
+    the module docstring); `_signed_decoder` writes this out for speed.
+    """
+    return signer.mac(*before, tail + _KEY_MARK + key)
 
 
 def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
@@ -440,7 +448,7 @@ def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
     body = record[:-TRAILER_SIZE]
     sections = whole + _section_end(len(whole), SECTION_KEY) if keep_key else b""
     tail = _MAC_END + bytes((2 if keep_key else 1, KIND_SECTIONS))
-    parts = (body, sections, signer.mac(body, sections, tail + _KEY_MARK + whole), tail)
+    parts = (body, sections, _record_mac(signer, whole, tail, body, sections), tail)
     if len(body) < LARGE:
         signed = b"".join(parts)
         crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
@@ -486,7 +494,7 @@ def _signed_decoder(
                 whole = encode(key)
             except UnicodeEncodeError:  # a key read from damaged bytes: checked names them
                 return checked(record, key)
-            state = keyed.copy()
+            state = keyed.copy()  # _record_mac, written out
             state.update(record[:mac_at])
             state.update(head + whole)
             if equal(state.digest(), record[mac_at:mac_end]):
