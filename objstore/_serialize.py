@@ -338,6 +338,7 @@ _MAC_END = _section_end(MAC_SIZE, SECTION_MAC)  # the MAC section's length and t
 _MAC_TAIL = _SECTION_END + 1 + TRAILER_SIZE  # from the end of the MAC to the end of the record
 _MAC_START = _MAC_TAIL + MAC_SIZE  # from the start of the MAC to the end of the record
 _SIGNED_TAIL = _MAC_END + bytes((1, KIND_SECTIONS))  # after the MAC of a record with no other section
+_SIGNED_ONLY = frozenset({SECTION_KEY, SECTION_MAC})  # the sections a signed record loads in place with
 _KEY_MARK = b"\xff"  # between a MAC message's record bytes and its key: UTF-8 never holds it
 _SIGNED_HEAD = _SIGNED_TAIL + _KEY_MARK
 
@@ -405,14 +406,18 @@ class SignedCodec(Codec):
 
     def _decode_checked(self, record: bytes, key: str) -> Any:
         """`decode` for records off its fast path: long keys, other sections, and refusals (raised)."""
-        if self.intact(record, key):
+        if self._mac_matches(record, key):
+            sections = _sections(record)
+            if sections is None or not sections.keys() <= _SIGNED_ONLY:
+                # Other features' sections: the plain path reads them (or says it cannot).
+                return super()._decode_checked(record, key)
             try:
                 return self.load(record)
             except Exception as exc:
                 add_key_note(exc, key)
                 raise
-        if len(record) <= TRAILER_SIZE or crc32(record) != CRC_RESIDUE or self._mac_matches(record, key):
-            raise bad_record(record, key)  # damaged, or signed with sections this version does not know
+        if len(record) <= TRAILER_SIZE or crc32(record) != CRC_RESIDUE:
+            raise bad_record(record, key)  # damaged
         if (
             len(record) < _MAC_START
             or record[-TRAILER_SIZE] != KIND_SECTIONS
@@ -443,11 +448,20 @@ def _record_mac(signer: Signer, key: bytes, tail: bytes, *before: Record) -> byt
 
 
 def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
-    """`record` (of kind 1) made a signed record: kind 2, a key section if `keep_key`, then its MAC."""
+    """`record` made a signed record: kind 2, its sections, a key section if `keep_key`, then its MAC.
+
+    The MAC is always the last section: other features' sections, already in
+    `record` (of kind 2), stay before it, and are read once it matched.
+    """
     whole = str.encode(key)
-    body = record[:-TRAILER_SIZE]
+    count = 1 + keep_key
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:
+        count += record[-TRAILER_SIZE - 1]
+        body = record[: -TRAILER_SIZE - 1]
+    else:
+        body = record[:-TRAILER_SIZE]
     sections = whole + _section_end(len(whole), SECTION_KEY) if keep_key else b""
-    tail = _MAC_END + bytes((2 if keep_key else 1, KIND_SECTIONS))
+    tail = _MAC_END + bytes((count, KIND_SECTIONS))
     parts = (body, sections, _record_mac(signer, whole, tail, body, sections), tail)
     if len(body) < LARGE:
         signed = b"".join(parts)

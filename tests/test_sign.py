@@ -423,3 +423,13 @@ def test_a_stripped_signature_is_refused_by_holders_of_the_secret(path: Path) ->
     _rewrite_metadata(path, lambda meta: (meta.pop("signature"), meta.update(value_format=1)))
     with pytest.raises(objstore.SignatureError, match="is not a signed store"):
         objstore.open(path, secret=SECRET)
+
+
+def test_signing_keeps_the_sections_a_record_already_has() -> None:
+    from objstore._serialize import _keep_key, _signed
+
+    signer = Signer(SECRET, b"s" * 16)
+    plain = bytes(Codec().encode([1], LONG))
+    with_key_section = _keep_key(plain, LONG)  # a kind 2 record, as other features make them
+    assert _signed(with_key_section, LONG, False, signer) == _signed(plain, LONG, True, signer)
+    assert SignedCodec(signer).decode(bytes(_signed(with_key_section, LONG, False, signer)), LONG) == [1]
