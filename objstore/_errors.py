@@ -14,6 +14,7 @@ already catch, so existing ``except`` clauses keep working::
         ├── NotAStoreError                        the path holds something that is not an objstore store
         ├── UnsupportedFormatError                written by a newer objstore
         ├── CorruptError                          damaged data file or damaged value record
+        ├── SignatureError                        signed store: a value or the secret fails its check
         ├── ReadOnlyError                         write through a read-only shelf or store
         └── LockTimeoutError(TimeoutError)        a file lock was not acquired in time
 
@@ -38,6 +39,7 @@ __all__ = [
     "LockTimeoutError",
     "NotAStoreError",
     "ReadOnlyError",
+    "SignatureError",
     "StoreError",
     "StoreNotFoundError",
     "TransactionError",
@@ -146,6 +148,25 @@ class CorruptError(StoreError):
         self.key = key
 
     def __reduce__(self) -> tuple[type[CorruptError], tuple[str, str | None], dict[str, object]]:
+        return (type(self), (str(self), self.key), self.__dict__)
+
+
+class SignatureError(StoreError):
+    """A signed store refused a value, or the secret it was opened with.
+
+    Raised when a value record of a signed store holds no signature, or one
+    that does not match its key and bytes under the store's secret: it was
+    not written by a holder of the secret, was moved from another key, or was
+    altered. Nothing was unpickled; `key` names the key. Also raised at open
+    (with `key` None) for a wrong secret, a signed store opened without one,
+    or an unsigned store opened with one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> tuple[type[SignatureError], tuple[str, str | None], dict[str, object]]:
         return (type(self), (str(self), self.key), self.__dict__)
 
 

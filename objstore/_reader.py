@@ -9,7 +9,7 @@ stored keys through `_keys`, and records into values through the codec's
 (`_Closed` and the messages of closed snapshots and transactions, defined
 once here; a closed shelf's, which its storage says too, is `_errors`').
 
-It must never know the record format (only ``codec.decode``, `is_intact`,
+It must never know the record format (only ``codec.decode``, ``codec.intact``,
 `record_key` and `record_globals` read records) nor the key rules (only
 `_keys` applies them), nor use anything of the storage but the methods of the
 `Storage` protocol.
@@ -395,6 +395,8 @@ class _Reader(Mapping[str, Any]):
     def verify(self) -> list[str]:
         """Check the integrity of every entry; return the keys whose records are damaged.
 
+        In a signed store, also the keys whose records' signatures do not match.
+
         Reads the whole store in batches without unpickling anything. An entry
         whose key itself is damaged (its stored bytes are not UTF-8, or a long
         key's record that holds it is damaged) is reported as its stored bytes
@@ -412,7 +414,7 @@ class _Reader(Mapping[str, Any]):
                     except CorruptError:
                         damaged.append(undecodable_key(raw_key))
                         continue
-                if not is_intact(record):
+                if not self._codec.intact(record, key):
                     damaged.append(key)
         return damaged
 

@@ -28,12 +28,14 @@ A record is the pickle stream followed by a five-byte trailer::
       pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
 
   Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
-  to be LMDB keys themselves. Tag 5 (`SECTION_REFS`) marks a pickle stream
-  that holds references (`_refs`: persistent ids ``("objstore.ref", key)``);
-  its payload lists the keys referenced, each as its length (4 bytes,
-  little-endian) and its UTF-8, in the order first met; only such a record
-  is loaded with a ``persistent_load``. Later features (out-of-band buffers,
-  compression, signatures) add their own tags, so any of them can
+  to be LMDB keys themselves. Tag 4 (`SECTION_MAC`) holds the 32-byte MAC of
+  a record of a signed store (see "Signed records" below). Tag 5
+  (`SECTION_REFS`) marks a pickle stream that holds references (`_refs`:
+  persistent ids ``("objstore.ref", key)``); its payload lists the keys
+  referenced, each as its length (4 bytes, little-endian) and its UTF-8, in
+  the order first met; only such a record is loaded with a
+  ``persistent_load``. Later features (out-of-band buffers, compression) add
+  their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
@@ -45,6 +47,31 @@ A record is the pickle stream followed by a five-byte trailer::
 - The pickle stream comes first so it can be unpickled in place: pickle stops
   at its STOP opcode and ignores the sections and the trailer.
 
+Signed records
+--------------
+Every record of a signed store (`SignedCodec`; the key comes from `_sign`)
+is of kind 2 and its last section, the one nearest the trailer, is its MAC
+(tag 4, 32 bytes)::
+
+    pickle | [key section] | MAC (32) | 32 (4) | 4 | count | 2 | CRC
+
+The MAC is keyed BLAKE2b-256 (`_sign.Signer`) over, in this order: every
+byte of the record before the MAC (the pickle and any earlier section), the
+record's seven bytes between the MAC and the CRC (the MAC's length and tag,
+the section count, the kind), the byte ``0xff`` and the key's UTF-8. UTF-8
+never holds ``0xff``, so the key is what follows the last ``0xff``: no two
+(record, key) pairs have the same message. The MAC covers the key the record
+is stored under (a record moved to another key is refused), every section and
+the kind; only the CRC is outside it. The message is two pieces, the first a
+slice of the record, hashed from a copy of the keyed BLAKE2b state.
+
+Reading checks the MAC first, and nothing reads the pickle or another section
+of a record whose MAC does not match: `SignatureError`, or `CorruptError`
+when the CRC says the record is damaged. A matching MAC proves every byte it
+covers intact, so the CRC is not checked then (a record whose CRC bytes alone
+are damaged is read). Other sections of a signed record are read after its
+MAC matched.
+
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
 ``find_class`` allows only the classes you expect (``open(..., allow=...)``
@@ -53,6 +80,7 @@ does so: see `_restrict` and docs/security.md).
 
 from __future__ import annotations
 
+import hmac
 import io
 import pickle
 import struct
@@ -62,8 +90,9 @@ from itertools import count
 from operator import itemgetter
 from typing import Any
 
-from ._errors import CorruptError, ForbiddenGlobalError, UnsupportedFormatError
+from ._errors import CorruptError, ForbiddenGlobalError, SignatureError, UnsupportedFormatError
 from ._refs import RefFound, dump_with_refs, load_with_refs, resolver
+from ._sign import MAC_SIZE, Signer
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
     from isal.isal_zlib import crc32
@@ -80,10 +109,12 @@ __all__ = [
     "KIND_PICKLE",
     "KIND_SECTIONS",
     "SECTION_KEY",
+    "SECTION_MAC",
     "SECTION_REFS",
     "TRAILER_SIZE",
     "Codec",
     "Pickler",
+    "SignedCodec",
     "Unpickler",
     "dumps",
     "crc32",
@@ -98,8 +129,9 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
+SECTION_MAC = 4
 SECTION_REFS = 5
-_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_REFS})
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_MAC, SECTION_REFS})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -314,12 +346,17 @@ class Codec:
         try:
             payloads = [dumps(value, protocol) for value, _ in zip(values, taken, strict=False)]
         except RefFound:  # a value holds a reference: the chunk goes value by value
-            return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
+            # Codec.encode, not self.encode: these are unsigned records, whatever the subclass.
+            return [Codec.encode(self, value, key) for value, key in zip(values, keys, strict=True)]
         except Exception as exc:
             key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
         return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
+
+    def intact(self, record: bytes, key: str) -> bool:
+        """Whether `record`, stored under `key`, passes every check `decode` makes before loading."""
+        return is_intact(record)
 
     def _decode_checked(self, record: bytes, key: str, mapping: Any = None) -> Any:
         """`decode` for every record its fast path leaves: other kinds, and damage (raised).
@@ -339,6 +376,200 @@ class Codec:
         except Exception as exc:
             add_key_note(exc, key)
             raise
+
+
+_MAC_END = _section_end(MAC_SIZE, SECTION_MAC)  # the MAC section's length and tag
+_MAC_TAIL = _SECTION_END + 1 + TRAILER_SIZE  # from the end of the MAC to the end of the record
+_MAC_START = _MAC_TAIL + MAC_SIZE  # from the start of the MAC to the end of the record
+_SIGNED_TAIL = _MAC_END + bytes((1, KIND_SECTIONS))  # after the MAC of a record with no other section
+_SIGNED_ONLY = frozenset({SECTION_KEY, SECTION_MAC})  # the sections a signed record loads in place with
+_KEY_MARK = b"\xff"  # between a MAC message's record bytes and its key: UTF-8 never holds it
+_SIGNED_HEAD = _SIGNED_TAIL + _KEY_MARK
+
+
+class SignedCodec(Codec):
+    """The codec of a signed store: its records carry a MAC, and only records whose MAC matches load.
+
+    Chosen when the shelf is opened, so unsigned stores keep `Codec`'s paths
+    untouched. Every write path goes through `encode` or `encode_many`, which
+    sign; `decode` checks the MAC of every record before loading it (see
+    "Signed records" in the module docstring).
+    """
+
+    __slots__ = ("signer",)
+
+    def __init__(
+        self,
+        signer: Signer,
+        protocol: int | None = None,
+        pickler: type[pickle.Pickler] = Pickler,
+        unpickler: type[pickle.Unpickler] = Unpickler,
+    ) -> None:
+        super().__init__(protocol, pickler, unpickler)
+        self.signer = signer
+        self.decode = _signed_decoder(self.load, signer, self._decode_checked, None)
+
+    def decoder(self, mapping: Any) -> Callable[[bytes, str], Any]:
+        """`decode` for the reads of `mapping`, as `Codec.decoder`, with every MAC checked."""
+        return _signed_decoder(self.load, self.signer, self._decode_checked, resolver(mapping))
+
+    def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
+        """None: every record of a signed store goes through `decode`, which checks its MAC."""
+        return None
+
+    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+        """Return the signed record for `value` under `key` (holding the whole key if `keep_key`)."""
+        return _signed(super().encode(value, key), key, keep_key, self.signer)
+
+    def encode_many(
+        self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
+    ) -> list[Record]:
+        """Return the signed records of `values` under `keys`, as `Codec.encode_many`."""
+        keep, signer = frozenset(keep_keys), self.signer
+        if not self._stock_pickler:  # Codec._encode_many would call this class's encode
+            return [self.encode(v, k, i in keep) for i, (v, k) in enumerate(zip(values, keys, strict=True))]
+        records = self._encode_many(values, keys)
+        return [_signed(r, k, i in keep, signer) for i, (r, k) in enumerate(zip(records, keys, strict=True))]
+
+    def intact(self, record: bytes, key: str) -> bool:
+        """Whether the MAC of `record` matches `key` and its bytes, and its sections are all known.
+
+        As in `decode`, the CRC is not consulted: a matching MAC proves every
+        byte it covers intact, and only the CRC is outside it.
+        """
+        if not self._mac_matches(record, key):
+            return False
+        sections = _sections(record)
+        return sections is not None and sections.keys() <= _KNOWN_SECTIONS
+
+    def _mac_matches(self, record: bytes, key: str) -> bool:
+        if len(record) < _MAC_START or record[-_MAC_TAIL : -_MAC_TAIL + _SECTION_END] != _MAC_END:
+            return False
+        try:
+            whole = str.encode(key)
+        except UnicodeEncodeError:  # a key read from damaged bytes: no record can be signed for it
+            return False
+        mac = _record_mac(self.signer, whole, record[-_MAC_TAIL : -TRAILER_SIZE + 1], record[:-_MAC_START])
+        return hmac.compare_digest(mac, record[-_MAC_START:-_MAC_TAIL])
+
+    def _decode_checked(self, record: bytes, key: str, mapping: Any = None) -> Any:
+        """`decode` for records off its fast path: long keys, other sections, and refusals (raised)."""
+        if self._mac_matches(record, key):
+            sections = _sections(record)
+            if sections is None or not sections.keys() <= _SIGNED_ONLY:
+                # Other features' sections: the plain path reads them (or says it cannot).
+                return super()._decode_checked(record, key, mapping)
+            try:
+                return self.load(record)
+            except Exception as exc:
+                add_key_note(exc, key)
+                raise
+        if len(record) <= TRAILER_SIZE or crc32(record) != CRC_RESIDUE:
+            raise bad_record(record, key)  # damaged
+        if (
+            len(record) < _MAC_START
+            or record[-TRAILER_SIZE] != KIND_SECTIONS
+            or record[-_MAC_TAIL + _SECTION_END - 1] != SECTION_MAC
+        ):
+            raise SignatureError(
+                f"the value of key {key!r} holds no signature, so it was not written with this "
+                "store's secret (but by objstore without secret=, an older objstore, or another "
+                "program); it was not loaded: delete it, or overwrite it through a shelf opened "
+                "with the secret",
+                key,
+            )
+        raise SignatureError(
+            f"the signature of the value of key {key!r} does not match: the record was written "
+            "with another secret, moved here from another key or store, or altered; it was not "
+            "loaded: delete it, or overwrite it through a shelf opened with the secret",
+            key,
+        )
+
+
+def _record_mac(signer: Signer, key: bytes, tail: bytes, *before: Record) -> bytes:
+    """The MAC of a record: `before` are its bytes before the MAC, `tail` those after it but the CRC.
+
+    The message is `before`, `tail`, ``0xff`` and the key's UTF-8 `key` (see
+    the module docstring); `_signed_decoder` writes this out for speed.
+    """
+    return signer.mac(*before, tail + _KEY_MARK + key)
+
+
+def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
+    """`record` made a signed record: kind 2, its sections, a key section if `keep_key`, then its MAC.
+
+    The MAC is always the last section: other features' sections, already in
+    `record` (of kind 2), stay before it, and are read once it matched.
+    """
+    whole = str.encode(key)
+    count = 1 + keep_key
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:
+        count += record[-TRAILER_SIZE - 1]
+        body = record[: -TRAILER_SIZE - 1]
+    else:
+        body = record[:-TRAILER_SIZE]
+    sections = whole + _section_end(len(whole), SECTION_KEY) if keep_key else b""
+    tail = _MAC_END + bytes((count, KIND_SECTIONS))
+    parts = (body, sections, _record_mac(signer, whole, tail, body, sections), tail)
+    if len(body) < LARGE:
+        signed = b"".join(parts)
+        crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
+        return signed + crc.to_bytes(4, "little")
+    # A large value is copied once, into a buffer LMDB is handed a view of (as in encode).
+    buffer = io.BytesIO()
+    for part in parts:
+        buffer.write(part)
+    with buffer.getbuffer() as written:
+        crc = crc32(written)
+    buffer.write(crc.to_bytes(4, "little"))
+    return buffer.getbuffer()
+
+
+def _signed_decoder(
+    load: Callable[[bytes], Any], signer: Signer, checked: Callable[[bytes, str, Any], Any], mapping: Any
+) -> Callable[[bytes, str], Any]:
+    """The `SignedCodec.decode` of a codec that loads with `load`: one call per read.
+
+    A record of a short key with a MAC only (nearly every record) is loaded
+    in place once its MAC matches; no CRC is computed, as a matching MAC
+    proves the bytes it covers intact. Any other record goes to `checked`,
+    which loads a long key's record or raises the error that says what is
+    wrong. Everything is bound as a default, so it reads only local variables.
+    `mapping` is passed on to `checked`: what the references of a record bind to.
+    """
+
+    def decode(
+        record: bytes,
+        key: str,
+        keyed: Any = signer.keyed,
+        tail: bytes = _SIGNED_TAIL,
+        head: bytes = _SIGNED_HEAD,
+        encode: Callable[[str], bytes] = str.encode,
+        equal: Callable[[bytes, bytes], bool] = hmac.compare_digest,
+        load: Callable[[bytes], Any] = load,
+        checked: Callable[[bytes, str, Any], Any] = checked,
+        mapping: Any = mapping,
+        mac_end: int = -_MAC_TAIL,
+        crc_at: int = 1 - TRAILER_SIZE,
+        mac_at: int = -_MAC_START,
+    ) -> Any:
+        if record[mac_end:crc_at] == tail:  # the MAC's length and tag, the section count, the kind
+            try:
+                whole = encode(key)
+            except UnicodeEncodeError:  # a key read from damaged bytes: checked names them
+                return checked(record, key, mapping)
+            state = keyed.copy()  # _record_mac, written out
+            state.update(record[:mac_at])
+            state.update(head + whole)
+            if equal(state.digest(), record[mac_at:mac_end]):
+                try:
+                    return load(record)
+                except Exception as exc:
+                    add_key_note(exc, key)
+                    raise
+        return checked(record, key, mapping)
+
+    return decode
 
 
 def _decoder(

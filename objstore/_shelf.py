@@ -45,7 +45,8 @@ from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
 from ._restrict import Allowlist, restricted
-from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, Unpickler, _add_note
+from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, SignedCodec, Unpickler, _add_note
+from ._sign import SIGNED_VALUE_FORMAT, Signer, secret_bytes, signed_settings, store_signer
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
 from ._version import __version__
 from ._writeback import Writeback
@@ -116,6 +117,12 @@ class Shelf(_Writer):
         Permission bits of the files a new store creates (default ``0o666``,
         filtered by the umask, as in ``dbm.open``); the directory gets them
         plus search where they grant read. ``0o660`` shares it with a group.
+    secret
+        Bytes (or a str, taken as UTF-8) of at least 16 bytes: a new store is
+        created *signed* with it, and a signed store opens only with it.
+        Every value of a signed store is signed, and a value whose signature
+        does not match is refused before it is unpickled (`SignatureError`).
+        Never stored in the store; a pickled shelf carries it.
     """
 
     def __init__(
@@ -135,13 +142,22 @@ class Shelf(_Writer):
         aliases: Mapping[str, str] | None = None,
         allow_network_fs: bool = False,
         mode: int = 0o666,
+        secret: bytes | str | None = None,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
         # Normalised now, so that a bad entry is refused before the store is touched.
         allowlist = None if allow is None else Allowlist.of(allow)
-        codec = Codec(protocol, pickler, restricted(unpickler, allowlist, aliases))
+        loader = restricted(unpickler, allowlist, aliases)
         aliases = dict(aliases) if aliases else None  # checked by restricted()
+        codec = Codec(protocol, pickler, loader)
+        secret_key = None if secret is None else secret_bytes(secret)
+        signers: list[Signer | None] = []
+
+        def check(path: str, settings: dict[str, Any]) -> None:
+            _check_settings(path, settings)
+            signers.append(store_signer(path, settings, secret_key))  # before "n" empties the store
+
         options = Options(
             durability=durability,
             map_size=map_size,
@@ -155,9 +171,18 @@ class Shelf(_Writer):
             path_str,
             flag,
             options,
-            {"key_encoding": KEY_ENCODING, "value_format": VALUE_FORMAT, "created_by": _created_by()},
-            _check_settings,
+            {
+                "key_encoding": KEY_ENCODING,
+                "value_format": VALUE_FORMAT,
+                "created_by": _created_by(),
+                **({} if secret_key is None else signed_settings(secret_key)),
+            },
+            check,
         )
+        signer = signers[-1]
+        if signer is not None:
+            codec = SignedCodec(signer, protocol, pickler, loader)
+        self._secret = secret_key
         super().__init__(store, codec)
         self._flag = flag
         self._options = options
@@ -279,7 +304,7 @@ class Shelf(_Writer):
         if self.closed:
             raise ClosedError(CLOSED_SHELF_PICKLED)
         options = self._options
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "durability": options.durability,
             "lock": "exclusive" if options.exclusive else "shared",
             "timeout": options.timeout,
@@ -289,6 +314,8 @@ class Shelf(_Writer):
             "allow_network_fs": options.allow_network_fs,
             "mode": options.mode,
         }
+        if self._secret is not None:
+            kwargs["secret"] = self._secret  # so the pickle of a signed shelf holds its secret
         flag = "c" if self._flag == "n" else self._flag
         return (_reopen, (self._path, flag, self._codec.protocol, self._writeback is not None, kwargs))
 
@@ -304,8 +331,9 @@ def _created_by() -> str:
 def _check_settings(path: str, settings: dict[str, Any]) -> None:
     """Refuse a store whose keys or records this version cannot read (before "n" empties it)."""
     value_format = settings.get("value_format", VALUE_FORMAT)
+    known = SIGNED_VALUE_FORMAT if "signature" in settings else VALUE_FORMAT
     if settings.get("key_encoding", KEY_ENCODING) != KEY_ENCODING or not (
-        isinstance(value_format, int) and value_format <= VALUE_FORMAT
+        isinstance(value_format, int) and value_format <= known
     ):
         raise UnsupportedFormatError(
             f"{path!r} was created with settings this objstore does not understand ({settings}); "
@@ -337,7 +365,7 @@ def open(
 
     `options` are the keyword-only parameters of `Shelf`: ``durability``,
     ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler``,
-    ``allow``, ``aliases``, ``allow_network_fs`` and ``mode``.
+    ``allow``, ``aliases``, ``allow_network_fs``, ``mode`` and ``secret``.
     """
     return Shelf(path, flag, protocol, writeback, **options)
 

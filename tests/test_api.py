@@ -395,6 +395,7 @@ class TestOptions:
             "aliases",
             "allow_network_fs",
             "mode",
+            "secret",
         }
         with objstore.open(path, durability="off", lock="exclusive", timeout=1, map_size=1 << 20) as db:
             assert db.info()["durability"] == "off" and db.info()["exclusive"]

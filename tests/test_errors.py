@@ -27,6 +27,7 @@ TREE: dict[type[BaseException], tuple[type[BaseException], tuple[type[BaseExcept
     objstore.NotAStoreError: (objstore.StoreError, (OSError,)),
     objstore.UnsupportedFormatError: (objstore.StoreError, (OSError,)),
     objstore.CorruptError: (objstore.StoreError, (OSError,)),
+    objstore.SignatureError: (objstore.StoreError, (OSError,)),
     objstore.ReadOnlyError: (objstore.StoreError, (OSError,)),
     objstore.LockTimeoutError: (objstore.StoreError, (OSError, TimeoutError)),
 }
@@ -46,6 +47,8 @@ def sample(cls: type[BaseException]) -> BaseException:
     """An instance of `cls` made the way objstore makes them."""
     if cls is objstore.CorruptError:
         return objstore.CorruptError("the value of key 'k' is damaged", "k")
+    if cls is objstore.SignatureError:
+        return objstore.SignatureError("the signature of the value of key 'k' does not match", "k")
     if cls is objstore.LockTimeoutError:
         return objstore.LockTimeoutError("timed out", "store/objstore.lock", (12, 34))
     if cls is objstore.StoreNotFoundError:

@@ -314,6 +314,7 @@ def open_store(
             REGISTRY.envs[real] = environment
         else:
             _check_compatible(environment, flag, options)
+            check(real, environment.settings)  # this opener's own settings (a signed store's secret)
             if flag == "n":
                 joined = environment.writers.get(threading.get_ident())
                 if joined is not None:
