@@ -28,7 +28,10 @@ A record is the pickle stream followed by a five-byte trailer::
       pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
 
   Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
-  to be LMDB keys themselves. Later features (out-of-band buffers,
+  to be LMDB keys themselves. Tag 3 (`SECTION_COMPRESSION`) holds one byte,
+  the id of the codec (`_compress`) that compressed the pickle stream: the
+  compressed bytes take the stream's place, and are decompressed, then
+  loaded. Later features (out-of-band buffers,
   compression, signatures, references) add their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
@@ -40,6 +43,17 @@ A record is the pickle stream followed by a five-byte trailer::
   faster), else by ``zlib``.
 - The pickle stream comes first so it can be unpickled in place: pickle stops
   at its STOP opcode and ignores the sections and the trailer.
+- A codec with a ``serializer``/``deserializer`` pair (shelve's, Python 3.15)
+  puts the serializer's bytes where the pickle stream would be, unmarked (as
+  shelve does): they are sliced out of the record and handed to the
+  deserializer exactly as the serializer made them.
+
+Without ``pickler=``/``unpickler=`` (or a serializer), a codec pickles and
+loads through whatever classes ``objstore.Pickler`` and ``objstore.Unpickler``
+are at the moment of each call, as ``shelve`` does with its module's
+``Pickler``/``Unpickler`` up to Python 3.14: code may swap them (dill's
+Pickler, an Unpickler that renames classes) on shelves already open. The check
+is one attribute read per value; with the stock classes the fast paths stay.
 
 Unpickling runs code named by the data. Only open stores whose writers you
 trust, or restrict what can be loaded with an `Unpickler` whose
@@ -55,8 +69,10 @@ import sys
 from collections.abc import Callable, Sequence
 from itertools import count
 from operator import itemgetter
+from types import SimpleNamespace
 from typing import Any
 
+from ._compress import DEFAULT_COMPRESS_ABOVE, compressor, decompress
 from ._errors import CorruptError, UnsupportedFormatError
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
@@ -73,6 +89,7 @@ __all__ = [
     "CRC_RESIDUE",
     "KIND_PICKLE",
     "KIND_SECTIONS",
+    "SECTION_COMPRESSION",
     "SECTION_KEY",
     "TRAILER_SIZE",
     "Codec",
@@ -90,7 +107,8 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
-_KNOWN_SECTIONS = frozenset({SECTION_KEY})
+SECTION_COMPRESSION = 3
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_COMPRESSION})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -100,6 +118,12 @@ Record = bytes | memoryview  # what encode returns; LMDB takes either
 TRAILER_SIZE = 5
 _kind_of = itemgetter(-TRAILER_SIZE)  # a record's kind byte
 CRC_RESIDUE = 0x2144DF1C
+# A compressed record's extra bytes: codec id, section length and tag, section count.
+_COMPRESSION_OVERHEAD = 1 + _SECTION_END + 1
+# The package (objstore), whose Pickler/Unpickler attributes a codec opened
+# without classes follows. Read from sys.modules, not imported: it is the
+# layer above, and its attributes are read at call time only.
+_package = sys.modules[__name__.rpartition(".")[0]]
 
 
 class Pickler(pickle.Pickler):
@@ -178,15 +202,43 @@ class Codec:
     ``dumps``/``loads`` directly: the stock classes add no hooks, so the bytes
     are identical, and it saves building two objects per value (about 0.5 µs,
     a third of a small read). Any other class is used through its constructor.
+
+    `pickler`/`unpickler` None (the default) follow ``objstore.Pickler`` and
+    ``objstore.Unpickler`` at each call. `serializer`/`deserializer` (given
+    together, instead of the classes) replace pickling, as in shelve 3.15.
+    `compression` (None, ``"zlib"`` or ``"zstd"``) compresses bodies longer
+    than `compress_above` bytes when that makes the record smaller.
     """
 
-    __slots__ = ("_stock_pickler", "decode", "load", "pickler", "protocol", "unpickler")
+    __slots__ = (
+        "_classes",
+        "_compress_above",
+        "_compressor",
+        "_fast_load",
+        "_load_body",
+        "_serializer",
+        "_stock",
+        "compress_above",
+        "compression",
+        "decode",
+        "deserializer",
+        "load",
+        "pickler",
+        "protocol",
+        "serializer",
+        "unpickler",
+    )
 
     def __init__(
         self,
         protocol: int | None = None,
-        pickler: type[pickle.Pickler] = Pickler,
-        unpickler: type[pickle.Unpickler] = Unpickler,
+        pickler: type[pickle.Pickler] | None = None,
+        unpickler: type[pickle.Unpickler] | None = None,
+        *,
+        serializer: Callable[[Any, int], Any] | None = None,
+        deserializer: Callable[[bytes], Any] | None = None,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
         if protocol is None:
             protocol = pickle.HIGHEST_PROTOCOL
@@ -198,18 +250,47 @@ class Codec:
             raise ValueError(
                 f"pickle protocol must be <= {pickle.HIGHEST_PROTOCOL} on this Python, not {protocol}"
             )
-        if not (isinstance(pickler, type) and issubclass(pickler, pickle.Pickler)):
+        if pickler is not None and not (isinstance(pickler, type) and issubclass(pickler, pickle.Pickler)):
             raise TypeError("pickler must be a subclass of pickle.Pickler")
-        if not (isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)):
+        if unpickler is not None and not (
+            isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)
+        ):
             raise TypeError("unpickler must be a subclass of pickle.Unpickler")
+        _check_serializer(serializer, deserializer, pickler, unpickler)
         self.protocol = protocol
         self.pickler = pickler
         self.unpickler = unpickler
-        self._stock_pickler = pickler is Pickler
-        self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
+        self.serializer = self._serializer = serializer
+        self.deserializer = deserializer
+        self.compression = compression
+        self.compress_above = compress_above
+        self._compressor = compressor(compression, compress_above)
+        # Off: no pickle is that long, so the write paths' one comparison never compresses.
+        self._compress_above = sys.maxsize if self._compressor is None else compress_above
+        # _classes.Pickler/.Unpickler: the classes to use now, read at each call. The
+        # package itself when following objstore's attributes; with a serializer, None.
+        self._classes: Any = _package if pickler is None and unpickler is None and serializer is None else None
+        if deserializer is not None:
+            self._classes = SimpleNamespace(Pickler=None, Unpickler=None)
+            self._stock: Any = None
+            self._load_body: Callable[[Any], Any] = deserializer
+            self._fast_load: Callable[[bytes], Any] = _sliced(deserializer)
+        else:
+            if self._classes is None:
+                self._classes = SimpleNamespace(Pickler=pickler or Pickler, Unpickler=unpickler or Unpickler)
+            # Following the package: the stock class, swapped or not. Fixed: the class itself.
+            self._stock = Unpickler if self._classes is _package else self._classes.Unpickler
+            self._fast_load = pickle.loads if self._stock is Unpickler else self._load_with_class
+        self.load: Callable[[bytes], Any] = (
+            self._load_following if self._classes is _package else self._fast_load
+        )
+        if deserializer is None:
+            self._load_body = self.load  # a pickle stream, trailer or not
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
-        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked)
+        self.decode: Callable[[bytes, str], Any] = _decoder(
+            self._fast_load, self._decode_checked, self._classes, self._stock
+        )
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
         """The function that loads each of `records` if all are intact kind 1 records, else None.
@@ -222,10 +303,20 @@ class Codec:
             plain = set(map(crc32, records)) == {CRC_RESIDUE} and set(map(_kind_of, records)) == {KIND_PICKLE}
         except IndexError:  # a record of four bytes or fewer: decode says it is damaged
             return None
-        return self.load if plain else None
+        if not plain:
+            return None
+        # The classes are checked once per batch, not per record.
+        return self._fast_load if self._classes.Unpickler is self._stock else self.load
 
     def _load_with_class(self, record: bytes) -> Any:
-        return self.unpickler(io.BytesIO(record)).load()
+        return self._classes.Unpickler(io.BytesIO(record)).load()
+
+    def _load_following(self, record: bytes) -> Any:
+        """Load `record` through ``objstore.Unpickler`` as it is now (pickle's C loads for the stock one)."""
+        unpickler = _package.Unpickler
+        if unpickler is Unpickler:
+            return pickle.loads(record)
+        return unpickler(io.BytesIO(record)).load()
 
     def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
         """Return the record for `value`; pickling errors carry a note naming `key`.
@@ -236,28 +327,62 @@ class Codec:
         if keep_key:
             return _keep_key(self.encode(value, key), key)
         try:
-            if self._stock_pickler and _shallow_size(value) < LARGE:
+            if self._classes.Pickler is Pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
+                if len(payload) > self._compress_above:
+                    compressed = self._compressed(payload)
+                    if compressed is not None:
+                        return compressed
                 return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
             return self._encode_in_buffer(value)
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
 
-    def _encode_in_buffer(self, value: Any) -> memoryview:
+    def _encode_in_buffer(self, value: Any) -> Record:
         """The record of `value`, pickled into a buffer that the trailer is then appended to.
 
         For large values this is several times faster than ``pickle.dumps``,
         which grows and copies its own output buffer, and the record is never
-        copied again: LMDB is handed a view of the buffer.
+        copied again: LMDB is handed a view of the buffer. (A compressed record
+        is the compressor's output instead.)
         """
         buffer = io.BytesIO()
-        self.pickler(buffer, self.protocol).dump(value)
+        if self._serializer is not None:
+            buffer.write(self._serializer(value, self.protocol))
+        else:
+            self._classes.Pickler(buffer, self.protocol).dump(value)
+        if buffer.tell() > self._compress_above:
+            with buffer.getbuffer() as body:
+                compressed = self._compressed(body)
+            if compressed is not None:
+                return compressed
         buffer.write(_KIND_BYTE)
         with buffer.getbuffer() as body:
             crc = crc32(body)
         buffer.write(crc.to_bytes(4, "little"))
         return buffer.getbuffer()
+
+    def _compressed(self, body: Any) -> bytes | None:
+        """The kind 2 record of `body` (bytes-like) compressed; None if that is no smaller."""
+        assert self._compressor is not None
+        codec_id, compress = self._compressor
+        packed = compress(body)
+        if len(packed) + _COMPRESSION_OVERHEAD >= len(body):
+            return None  # incompressible: stored as it is
+        head = b"".join(
+            (packed, bytes((codec_id,)), _section_end(1, SECTION_COMPRESSION), bytes((1, KIND_SECTIONS)))
+        )
+        crc: int = crc32(head)
+        return head + crc.to_bytes(4, "little")
+
+    def _plain_or_compressed(self, payload: bytes) -> Record:
+        """The record of the pickle `payload`, compressed if it is long enough and that saves space."""
+        if len(payload) > self._compress_above:
+            compressed = self._compressed(payload)
+            if compressed is not None:
+                return compressed
+        return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
 
     def encode_many(
         self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
@@ -273,7 +398,7 @@ class Codec:
         return records
 
     def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
-        if not self._stock_pickler:
+        if self._classes.Pickler is not Pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
@@ -284,6 +409,8 @@ class Codec:
             key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
+        if self._compressor is not None:
+            return [self._plain_or_compressed(payload) for payload in payloads]
         return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
 
     def _decode_checked(self, record: bytes, key: str) -> Any:
@@ -291,16 +418,26 @@ class Codec:
         if not is_intact(record):
             raise bad_record(record, key)
         # Every kind starts with the pickle stream, and pickle stops at its
-        # STOP opcode: the record is loaded in place, sections and all.
+        # STOP opcode: the record is loaded in place, sections and all. A
+        # compressed body, or a serializer's bytes, is sliced out first.
+        load: Callable[[Any], Any] = self.load
+        data: Any = record
+        if record[-TRAILER_SIZE] == KIND_SECTIONS:
+            body, sections = _body(record)
+            codec = sections.get(SECTION_COMPRESSION)
+            if codec is not None:
+                data, load = decompress(codec, body, key), self._load_body
+            elif self._serializer is not None:
+                data, load = bytes(body), self._load_body
         try:
-            return self.load(record)
+            return load(data)
         except Exception as exc:
             add_key_note(exc, key)
             raise
 
 
 def _decoder(
-    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any]
+    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any], classes: Any, stock: Any
 ) -> Callable[[bytes, str], Any]:
     """The `Codec.decode` of a codec that loads with `load`: one call per read.
 
@@ -308,6 +445,8 @@ def _decoder(
     and loaded in place; any other record goes to `checked`, which loads
     another kind or raises the error that says what is wrong. Everything the
     fast path needs is bound as a default, so it reads only local variables.
+    `load` is used while ``classes.Unpickler is stock`` (always, for a codec
+    with fixed classes); otherwise `checked` loads with the class of the moment.
     """
 
     def decode(
@@ -319,9 +458,11 @@ def _decoder(
         kind: int = KIND_PICKLE,
         load: Callable[[bytes], Any] = load,
         checked: Callable[[bytes, str], Any] = checked,
+        classes: Any = classes,
+        stock: Any = stock,
     ) -> Any:
         try:
-            if crc32(record) == residue and record[kind_at] == kind:
+            if crc32(record) == residue and record[kind_at] == kind and classes.Unpickler is stock:
                 return load(record)
         except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
             pass
@@ -334,13 +475,53 @@ def _decoder(
 
 
 def _keep_key(record: Record, key: str) -> bytes:
-    """`record` (of kind 1) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
-    whole = str.encode(key)
-    body = b"".join(
-        (record[:-TRAILER_SIZE], whole, _section_end(len(whole), SECTION_KEY), bytes((1, KIND_SECTIONS)))
-    )
+    """`record` made a kind 2 record with a `SECTION_KEY` section holding `key`."""
+    return _add_section(record, SECTION_KEY, str.encode(key))
+
+
+def _add_section(record: Record, tag: int, payload: bytes) -> bytes:
+    """`record` (of kind 1 or 2) made a kind 2 record with one more section, `payload` under `tag`."""
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:
+        head, count = record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1]
+    else:
+        head, count = record[:-TRAILER_SIZE], 0
+    body = b"".join((head, payload, _section_end(len(payload), tag), bytes((count + 1, KIND_SECTIONS))))
     crc: int = crc32(body)  # typed here: without isal installed, mypy sees crc32 as Any
     return body + crc.to_bytes(4, "little")
+
+
+def _sliced(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A loader of kind 1 records for `deserializer`: it gets the bytes before the trailer."""
+
+    def load(record: bytes, deserializer: Callable[[bytes], Any] = deserializer) -> Any:
+        return deserializer(record[:-TRAILER_SIZE])
+
+    return load
+
+
+def _check_serializer(serializer: Any, deserializer: Any, pickler: Any, unpickler: Any) -> None:
+    """Refuse a half serializer pair, or one given with pickler classes (TypeError)."""
+    if (serializer is None) != (deserializer is None):
+        raise TypeError(
+            "serializer and deserializer must be given together (as in shelve): "
+            "deserializer(serializer(obj, protocol)) must return an equal object"
+        )
+    if serializer is None:
+        return
+    if pickler is not None or unpickler is not None:
+        raise TypeError(
+            "give either serializer=/deserializer= or pickler=/unpickler=, not both: "
+            "a serializer replaces pickling"
+        )
+    if not (callable(serializer) and callable(deserializer)):
+        raise TypeError("serializer and deserializer must be callables")
+
+
+def _body(record: bytes) -> tuple[memoryview, dict[int, bytes]]:
+    """A kind 2 record's body (the bytes before its sections, as a view) and its sections, by tag."""
+    sections = _sections(record) or {}
+    end = len(record) - TRAILER_SIZE - 1 - sum(len(p) + _SECTION_END for p in sections.values())
+    return memoryview(record)[:end], sections
 
 
 def _sections(record: bytes) -> dict[int, bytes] | None:

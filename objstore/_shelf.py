@@ -38,8 +38,10 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+from ._compress import DEFAULT_COMPRESS_ABOVE
 from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
@@ -96,6 +98,17 @@ class Shelf(_Writer):
     pickler, unpickler
         Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
         through, e.g. with custom reducers or a restricted ``find_class``.
+        Without them, whatever ``objstore.Pickler``/``objstore.Unpickler``
+        are at each read and write (as ``shelve`` up to Python 3.14).
+    serializer, deserializer
+        Functions replacing pickling, as in ``shelve`` (Python 3.15):
+        ``serializer(obj, protocol)`` returns bytes, ``deserializer(data)``
+        the object. Given together; not with `pickler`/`unpickler`.
+    compression
+        ``None`` (default), ``"zlib"`` or ``"zstd"`` (``objstore[zstd]``):
+        compress values whose pickle is longer than `compress_above` bytes
+        (default 4096), when that makes them smaller. Each record says how
+        it is stored, so any setting reads every record.
     allow_network_fs
         Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's
         locking is not coherent there: only safe when one process on one
@@ -117,14 +130,26 @@ class Shelf(_Writer):
         lock: str = "shared",
         timeout: float | None = 10.0,
         map_size: int = DEFAULT_MAP_SIZE,
-        pickler: type[Pickler] | type[Any] = Pickler,
-        unpickler: type[Unpickler] | type[Any] = Unpickler,
+        pickler: type[Pickler] | type[Any] | None = None,
+        unpickler: type[Unpickler] | type[Any] | None = None,
         allow_network_fs: bool = False,
         mode: int = 0o666,
+        serializer: Callable[[Any, int], Any] | None = None,
+        deserializer: Callable[[bytes], Any] | None = None,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
-        codec = Codec(protocol, pickler, unpickler)
+        codec = Codec(
+            protocol,
+            pickler,
+            unpickler,
+            serializer=serializer,
+            deserializer=deserializer,
+            compression=compression,
+            compress_above=compress_above,
+        )
         options = Options(
             durability=durability,
             map_size=map_size,
@@ -270,6 +295,10 @@ class Shelf(_Writer):
             "unpickler": self._codec.unpickler,
             "allow_network_fs": options.allow_network_fs,
             "mode": options.mode,
+            "serializer": self._codec.serializer,
+            "deserializer": self._codec.deserializer,
+            "compression": self._codec.compression,
+            "compress_above": self._codec.compress_above,
         }
         flag = "c" if self._flag == "n" else self._flag
         return (_reopen, (self._path, flag, self._codec.protocol, self._writeback is not None, kwargs))
@@ -319,7 +348,8 @@ def open(
 
     `options` are the keyword-only parameters of `Shelf`: ``durability``,
     ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler``,
-    ``allow_network_fs`` and ``mode``.
+    ``allow_network_fs``, ``mode``, ``serializer``, ``deserializer``,
+    ``compression`` and ``compress_above``.
     """
     return Shelf(path, flag, protocol, writeback, **options)
 
