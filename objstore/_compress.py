@@ -47,9 +47,7 @@ _NAMES = {codec_id: name for name, codec_id in CODEC_IDS.items()}
 _ZLIB_LEVEL = 1
 _ZSTD_LEVEL = 3
 
-ZSTD_MISSING = (
-    "zstd compression needs the zstandard package (or Python 3.14+): pip install 'objstore[zstd]'"
-)
+ZSTD_MISSING = "zstd compression needs the zstandard package (or Python 3.14+): pip install 'objstore[zstd]'"
 
 Compress = Callable[[Any], bytes]  # bytes-like in, compressed bytes out
 

@@ -269,7 +269,9 @@ class Codec:
         self._compress_above = sys.maxsize if self._compressor is None else compress_above
         # _classes.Pickler/.Unpickler: the classes to use now, read at each call. The
         # package itself when following objstore's attributes; with a serializer, None.
-        self._classes: Any = _package if pickler is None and unpickler is None and serializer is None else None
+        self._classes: Any = (
+            _package if pickler is None and unpickler is None and serializer is None else None
+        )
         if deserializer is not None:
             self._classes = SimpleNamespace(Pickler=None, Unpickler=None)
             self._stock: Any = None

@@ -160,7 +160,9 @@ class TestMixedSettings:
                 for name, value in values.items():
                     assert db[name] == db[name + "-update"] == value
                 assert dict(db.items()) == {
-                    f"{name}{suffix}": value for name, value in values.items() for suffix in ("", "-bulk", "-update")
+                    f"{name}{suffix}": value
+                    for name, value in values.items()
+                    for suffix in ("", "-bulk", "-update")
                 }
 
     def test_zstd_record_without_zstd(self, path: Path) -> None:
@@ -273,7 +275,10 @@ class TestOptions:
             ({"serializer": json.dumps}, TypeError),
             ({"deserializer": json.loads}, TypeError),
             ({"serializer": json.dumps, "deserializer": json.loads, "pickler": objstore.Pickler}, TypeError),
-            ({"serializer": json.dumps, "deserializer": json.loads, "unpickler": objstore.Unpickler}, TypeError),
+            (
+                {"serializer": json.dumps, "deserializer": json.loads, "unpickler": objstore.Unpickler},
+                TypeError,
+            ),
             ({"serializer": "json", "deserializer": json.loads}, TypeError),
         ],
     )
