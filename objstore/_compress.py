@@ -17,6 +17,7 @@ optional (``pip install 'objstore[zstd]'``, or the standard library's
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -63,9 +64,34 @@ def _zstd() -> tuple[Compress, Compress]:
         pass
     import zstandard  # type: ignore[import-not-found, unused-ignore]
 
-    # Both write standard zstd frames, with the content size in the header:
-    # records written by one backend read with the other.
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress, zstandard.ZstdDecompressor().decompress
+    # One context per thread: zstandard's are not safe to share between threads,
+    # and making one per call costs more than small values take to compress.
+    local = threading.local()
+
+    def compress(data: Any) -> bytes:
+        try:
+            context = local.compressor
+        except AttributeError:
+            context = local.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+        result: bytes = context.compress(data)
+        return result
+
+    def decompress(data: Any) -> bytes:
+        try:
+            context = local.decompressor
+        except AttributeError:
+            context = local.decompressor = zstandard.ZstdDecompressor()
+        try:
+            result: bytes = context.decompress(data)
+        except zstandard.ZstdError:
+            # A frame without its content size (both backends write it; other zstd
+            # writers may not) is read as a stream; damaged bytes fail again here.
+            result = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        return result
+
+    # Both backends write standard zstd frames with the content size in the
+    # header: records written by one read with the other.
+    return compress, decompress
 
 
 _ZSTD: tuple[Compress, Compress] | None = None

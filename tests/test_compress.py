@@ -21,6 +21,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,22 @@ class TestWritePaths:
             assert db["large"] == db["update-large"] == large
             assert db[long_key] == db["writeback"] == db["txn"] == COMPRESSIBLE
             assert dict(db.iteritems(prefix="long")) == {long_key: COMPRESSIBLE}
+
+    def test_threads_share_a_shelf(self, path: Path, codec: str) -> None:
+        def work(n: int) -> None:
+            for i in range(30):
+                db[f"{n}-{i}"] = {**COMPRESSIBLE, "n": n, "i": i}
+                assert db[f"{n}-{i}"]["i"] == i
+
+        with objstore.open(path, compression=codec) as db:
+            threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert not any(thread.is_alive() for thread in threads)
+            assert len(db) == 120 and all(value["rows"] == COMPRESSIBLE["rows"] for value in db.values())
+        assert {codec_of(r) for r in raw_records(path).values()} == {codec}
 
     def test_compression_shrinks_the_data_file(self, tmp_path: Path, codec: str) -> None:
         values = {f"k{i:04}": {**COMPRESSIBLE, "i": i} for i in range(200)}
