@@ -211,13 +211,14 @@ class Codec:
     """
 
     __slots__ = (
-        "_classes",
         "_compress_above",
         "_compressor",
         "_fast_load",
         "_load_body",
+        "_picklers",
         "_serializer",
         "_stock",
+        "_unpicklers",
         "compress_above",
         "compression",
         "decode",
@@ -267,31 +268,29 @@ class Codec:
         self._compressor = compressor(compression, compress_above)
         # Off: no pickle is that long, so the write paths' one comparison never compresses.
         self._compress_above = sys.maxsize if self._compressor is None else compress_above
-        # _classes.Pickler/.Unpickler: the classes to use now, read at each call. The
-        # package itself when following objstore's attributes; with a serializer, None.
-        self._classes: Any = (
-            _package if pickler is None and unpickler is None and serializer is None else None
-        )
+        # Where the class of the moment is read, at each call: the package
+        # (objstore.Pickler/.Unpickler) for a class not given, else a namespace holding it.
+        self._picklers: Any = _package if pickler is None else SimpleNamespace(Pickler=pickler)
+        self._unpicklers: Any = _package if unpickler is None else SimpleNamespace(Unpickler=unpickler)
+        self.load: Callable[[bytes], Any]
         if deserializer is not None:
-            self._classes = SimpleNamespace(Pickler=None, Unpickler=None)
+            # No pickling: no class is looked up, and decode's fast path always applies.
+            self._picklers = SimpleNamespace(Pickler=None)
+            self._unpicklers = SimpleNamespace(Unpickler=None)
             self._stock: Any = None
-            self._load_body: Callable[[Any], Any] = deserializer
             self._fast_load: Callable[[bytes], Any] = _sliced(deserializer)
+            self.load = self._fast_load
+            self._load_body: Callable[[Any], Any] = deserializer
         else:
-            if self._classes is None:
-                self._classes = SimpleNamespace(Pickler=pickler or Pickler, Unpickler=unpickler or Unpickler)
-            # Following the package: the stock class, swapped or not. Fixed: the class itself.
-            self._stock = Unpickler if self._classes is _package else self._classes.Unpickler
+            # decode's fast path loads with _fast_load while _unpicklers.Unpickler is _stock.
+            self._stock = Unpickler if unpickler is None else unpickler
             self._fast_load = pickle.loads if self._stock is Unpickler else self._load_with_class
-        self.load: Callable[[bytes], Any] = (
-            self._load_following if self._classes is _package else self._fast_load
-        )
-        if deserializer is None:
-            self._load_body = self.load  # a pickle stream, trailer or not
+            self.load = self._load_following if unpickler is None else self._fast_load
+            self._load_body = self.load  # a pickle stream, with its trailer or not
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
         self.decode: Callable[[bytes, str], Any] = _decoder(
-            self._fast_load, self._decode_checked, self._classes, self._stock
+            self._fast_load, self._decode_checked, self._unpicklers, self._stock
         )
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
@@ -308,10 +307,10 @@ class Codec:
         if not plain:
             return None
         # The classes are checked once per batch, not per record.
-        return self._fast_load if self._classes.Unpickler is self._stock else self.load
+        return self._fast_load if self._unpicklers.Unpickler is self._stock else self.load
 
     def _load_with_class(self, record: bytes) -> Any:
-        return self._classes.Unpickler(io.BytesIO(record)).load()
+        return self._unpicklers.Unpickler(io.BytesIO(record)).load()
 
     def _load_following(self, record: bytes) -> Any:
         """Load `record` through ``objstore.Unpickler`` as it is now (pickle's C loads for the stock one)."""
@@ -329,7 +328,7 @@ class Codec:
         if keep_key:
             return _keep_key(self.encode(value, key), key)
         try:
-            if self._classes.Pickler is Pickler and _shallow_size(value) < LARGE:
+            if self._picklers.Pickler is Pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
                 if len(payload) > self._compress_above:
                     compressed = self._compressed(payload)
@@ -353,7 +352,7 @@ class Codec:
         if self._serializer is not None:
             buffer.write(self._serializer(value, self.protocol))
         else:
-            self._classes.Pickler(buffer, self.protocol).dump(value)
+            self._picklers.Pickler(buffer, self.protocol).dump(value)
         if buffer.tell() > self._compress_above:
             with buffer.getbuffer() as body:
                 compressed = self._compressed(body)
@@ -400,7 +399,7 @@ class Codec:
         return records
 
     def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
-        if self._classes.Pickler is not Pickler:
+        if self._picklers.Pickler is not Pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
@@ -439,7 +438,7 @@ class Codec:
 
 
 def _decoder(
-    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any], classes: Any, stock: Any
+    load: Callable[[bytes], Any], checked: Callable[[bytes, str], Any], unpicklers: Any, stock: Any
 ) -> Callable[[bytes, str], Any]:
     """The `Codec.decode` of a codec that loads with `load`: one call per read.
 
@@ -447,8 +446,8 @@ def _decoder(
     and loaded in place; any other record goes to `checked`, which loads
     another kind or raises the error that says what is wrong. Everything the
     fast path needs is bound as a default, so it reads only local variables.
-    `load` is used while ``classes.Unpickler is stock`` (always, for a codec
-    with fixed classes); otherwise `checked` loads with the class of the moment.
+    `load` is used while ``unpicklers.Unpickler is stock`` (always, for a
+    codec given its class); otherwise `checked` loads with the class of the moment.
     """
 
     def decode(
@@ -460,11 +459,11 @@ def _decoder(
         kind: int = KIND_PICKLE,
         load: Callable[[bytes], Any] = load,
         checked: Callable[[bytes, str], Any] = checked,
-        classes: Any = classes,
+        unpicklers: Any = unpicklers,
         stock: Any = stock,
     ) -> Any:
         try:
-            if crc32(record) == residue and record[kind_at] == kind and classes.Unpickler is stock:
+            if crc32(record) == residue and record[kind_at] == kind and unpicklers.Unpickler is stock:
                 return load(record)
         except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
             pass

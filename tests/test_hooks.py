@@ -135,3 +135,13 @@ def test_pickled_shelf_follows_too(path: Path, monkeypatch: pytest.MonkeyPatch) 
         with pickle.loads(pickle.dumps(db)) as copy:
             monkeypatch.setattr(objstore, "Unpickler", RenamingUnpickler)
             assert type(copy["a"]) is New
+
+
+def test_each_class_not_given_follows(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with objstore.open(path, pickler=objstore.Pickler) as db:
+        db["a"] = Old(1)
+        monkeypatch.setattr(objstore, "Unpickler", RenamingUnpickler)
+        monkeypatch.setattr(objstore, "Pickler", OpaquePickler)
+        assert type(db["a"]) is New  # the unpickler was not given: it follows
+        with pytest.raises(TypeError, match="Opaque"):
+            db["b"] = Opaque()  # the pickler was: it stays
