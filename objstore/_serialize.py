@@ -330,11 +330,9 @@ class Codec:
         try:
             if self._picklers.Pickler is Pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
-                if len(payload) > self._compress_above:
-                    compressed = self._compressed(payload)
-                    if compressed is not None:
-                        return compressed
-                return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
+                if self._compressor is None or len(payload) <= self._compress_above:
+                    return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
+                return self._plain_or_compressed(payload)
             return self._encode_in_buffer(value)
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
