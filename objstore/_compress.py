@@ -32,11 +32,11 @@ __all__ = [
     "decompress",
 ]
 
-# Values whose pickle is at most this long are never compressed. At 4 KiB a
-# record stops fitting in an LMDB page (the store's unit of growth), and
-# compressing a pickle of structured data typically takes it to a quarter or
-# less of its size, for a few tens of microseconds (docs/api.md#compression).
-DEFAULT_COMPRESS_ABOVE = 4096
+# Values whose pickle is at most this long are never compressed. Above about
+# 2 KiB a record no longer shares LMDB's 4 KiB pages: it takes pages of its
+# own, and compressing it (a pickle of structured data, typically to a quarter
+# or less) saves whole pages, for tens of microseconds (docs/api.md#compression).
+DEFAULT_COMPRESS_ABOVE = 2048
 
 ZLIB = 1
 ZSTD = 2

@@ -107,7 +107,7 @@ class Shelf(_Writer):
     compression
         ``None`` (default), ``"zlib"`` or ``"zstd"`` (``objstore[zstd]``):
         compress values whose pickle is longer than `compress_above` bytes
-        (default 4096), when that makes them smaller. Each record says how
+        (default 2048), when that makes them smaller. Each record says how
         it is stored, so any setting reads every record.
     allow_network_fs
         Open a store on a network filesystem (NFS, SMB, ...) anyway. LMDB's

@@ -94,7 +94,7 @@ class TestFormat:
             db["big"] = COMPRESSIBLE
         with objstore.open(path, compression="zlib") as db:
             db["small"] = {"a": 1}
-            db["edge"] = b"x" * 4000  # a pickle of at most compress_above (4096) bytes
+            db["edge"] = b"x" * 2000  # a pickle of at most compress_above (2048) bytes
         records = raw_records(path)
         assert [codec_of(records[k]) for k in (b"big", b"small", b"edge")] == [None, None, None]
 
