@@ -302,10 +302,10 @@ def _lookup(module: str, name: str) -> Any:
 
 
 def restricted(
-    unpickler: type[pickle.Unpickler],
+    unpickler: type[pickle.Unpickler] | None,
     allow: Allowlist | Iterable[AllowEntry] | AllowEntry | None,
     aliases: Mapping[str, str] | None,
-) -> type[pickle.Unpickler]:
+) -> type[pickle.Unpickler] | None:
     """The unpickler class of a shelf opened with `allow`/`aliases`: `unpickler` itself if neither is given.
 
     Otherwise a subclass of `RestrictedUnpickler` and of `unpickler`, whose
@@ -313,6 +313,8 @@ def restricted(
     """
     if allow is None and not aliases:
         return unpickler
+    if unpickler is None:  # a restricted shelf keeps its class: swapping objstore.Unpickler can't lift it
+        unpickler = Unpickler
     if not (isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)):
         return unpickler  # the codec says what is wrong with it
     attributes: dict[str, Any] = {"aliases": _checked_aliases(aliases or {}), "__module__": __name__}

@@ -28,14 +28,16 @@ A record is the pickle stream followed by a five-byte trailer::
       pickle | payload, length, tag | ... | payload, length, tag | count | 2 | CRC
 
   Tag 1 (`SECTION_KEY`) holds the whole key in UTF-8, kept for keys too long
-  to be LMDB keys themselves. Tag 4 (`SECTION_MAC`) holds the 32-byte MAC of
-  a record of a signed store (see "Signed records" below). Tag 5
-  (`SECTION_REFS`) marks a pickle stream that holds references (`_refs`:
-  persistent ids ``("objstore.ref", key)``); its payload lists the keys
-  referenced, each as its length (4 bytes, little-endian) and its UTF-8, in
-  the order first met; only such a record is loaded with a
-  ``persistent_load``. Later features (out-of-band buffers, compression) add
-  their own tags, so any of them can
+  to be LMDB keys themselves. Tag 3 (`SECTION_COMPRESSION`) holds one byte,
+  the id of the codec (`_compress`) that compressed the pickle stream: the
+  compressed bytes take the stream's place, and are decompressed, then
+  loaded. Tag 4 (`SECTION_MAC`) holds the 32-byte MAC of a record of a signed
+  store (see "Signed records" below). Tag 5 (`SECTION_REFS`) marks a pickle
+  stream that holds references (`_refs`: persistent ids
+  ``("objstore.ref", key)``); its payload lists the keys referenced, each as
+  its length (4 bytes, little-endian) and its UTF-8, in the order first met;
+  only such a record is loaded with a ``persistent_load``. Later features
+  (out-of-band buffers) add their own tags, so any of them can
   be combined in one record. A reader refuses a kind or a tag it does not
   know with `UnsupportedFormatError` instead of guessing.
 - The CRC-32 (zlib's polynomial) covers everything before it, kind included.
@@ -46,6 +48,17 @@ A record is the pickle stream followed by a five-byte trailer::
   faster), else by ``zlib``.
 - The pickle stream comes first so it can be unpickled in place: pickle stops
   at its STOP opcode and ignores the sections and the trailer.
+- A codec with a ``serializer``/``deserializer`` pair (shelve's, Python 3.15)
+  puts the serializer's bytes where the pickle stream would be, unmarked (as
+  shelve does): they are sliced out of the record and handed to the
+  deserializer exactly as the serializer made them.
+
+Without ``pickler=``/``unpickler=`` (or a serializer), a codec pickles and
+loads through whatever classes ``objstore.Pickler`` and ``objstore.Unpickler``
+are at the moment of each call, as ``shelve`` does with its module's
+``Pickler``/``Unpickler`` up to Python 3.14: code may swap them (dill's
+Pickler, an Unpickler that renames classes) on shelves already open. The check
+is one attribute read per value; with the stock classes the fast paths stay.
 
 Signed records
 --------------
@@ -88,8 +101,10 @@ import sys
 from collections.abc import Callable, Sequence
 from itertools import count
 from operator import itemgetter
+from types import SimpleNamespace
 from typing import Any
 
+from ._compress import DEFAULT_COMPRESS_ABOVE, compressor, decompress
 from ._errors import CorruptError, ForbiddenGlobalError, SignatureError, UnsupportedFormatError
 from ._refs import RefFound, dump_with_refs, load_with_refs, resolver
 from ._sign import MAC_SIZE, Signer
@@ -108,6 +123,7 @@ __all__ = [
     "CRC_RESIDUE",
     "KIND_PICKLE",
     "KIND_SECTIONS",
+    "SECTION_COMPRESSION",
     "SECTION_KEY",
     "SECTION_MAC",
     "SECTION_REFS",
@@ -129,9 +145,10 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
+SECTION_COMPRESSION = 3
 SECTION_MAC = 4
 SECTION_REFS = 5
-_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_MAC, SECTION_REFS})
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_COMPRESSION, SECTION_MAC, SECTION_REFS})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -141,6 +158,12 @@ Record = bytes | memoryview  # what encode returns; LMDB takes either
 TRAILER_SIZE = 5
 _kind_of = itemgetter(-TRAILER_SIZE)  # a record's kind byte
 CRC_RESIDUE = 0x2144DF1C
+# A compressed record's extra bytes: codec id, section length and tag, section count.
+_COMPRESSION_OVERHEAD = 1 + _SECTION_END + 1
+# The package (objstore), whose Pickler/Unpickler attributes a codec opened
+# without classes follows. Read from sys.modules, not imported: it is the
+# layer above, and its attributes are read at call time only.
+_package = sys.modules[__name__.rpartition(".")[0]]
 
 
 class Pickler(pickle.Pickler):
@@ -222,15 +245,44 @@ class Codec:
     ``dumps``/``loads`` directly: the stock classes add no hooks, so the bytes
     are identical, and it saves building two objects per value (about 0.5 µs,
     a third of a small read). Any other class is used through its constructor.
+
+    `pickler`/`unpickler` None (the default) follow ``objstore.Pickler`` and
+    ``objstore.Unpickler`` at each call. `serializer`/`deserializer` (given
+    together, instead of the classes) replace pickling, as in shelve 3.15.
+    `compression` (None, ``"zlib"`` or ``"zstd"``) compresses bodies longer
+    than `compress_above` bytes when that makes the record smaller.
     """
 
-    __slots__ = ("_stock_pickler", "decode", "load", "pickler", "protocol", "unpickler")
+    __slots__ = (
+        "_compress_above",
+        "_compressor",
+        "_fast_load",
+        "_load_body",
+        "_picklers",
+        "_serializer",
+        "_stock",
+        "_unpicklers",
+        "compress_above",
+        "compression",
+        "decode",
+        "deserializer",
+        "load",
+        "pickler",
+        "protocol",
+        "serializer",
+        "unpickler",
+    )
 
     def __init__(
         self,
         protocol: int | None = None,
-        pickler: type[pickle.Pickler] = Pickler,
-        unpickler: type[pickle.Unpickler] = Unpickler,
+        pickler: type[pickle.Pickler] | None = None,
+        unpickler: type[pickle.Unpickler] | None = None,
+        *,
+        serializer: Callable[[Any, int], Any] | None = None,
+        deserializer: Callable[[bytes], Any] | None = None,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
         if protocol is None:
             protocol = pickle.HIGHEST_PROTOCOL
@@ -242,18 +294,45 @@ class Codec:
             raise ValueError(
                 f"pickle protocol must be <= {pickle.HIGHEST_PROTOCOL} on this Python, not {protocol}"
             )
-        if not (isinstance(pickler, type) and issubclass(pickler, pickle.Pickler)):
+        if pickler is not None and not (isinstance(pickler, type) and issubclass(pickler, pickle.Pickler)):
             raise TypeError("pickler must be a subclass of pickle.Pickler")
-        if not (isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)):
+        if unpickler is not None and not (
+            isinstance(unpickler, type) and issubclass(unpickler, pickle.Unpickler)
+        ):
             raise TypeError("unpickler must be a subclass of pickle.Unpickler")
+        _check_serializer(serializer, deserializer, pickler, unpickler)
         self.protocol = protocol
         self.pickler = pickler
         self.unpickler = unpickler
-        self._stock_pickler = pickler is Pickler
-        self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
+        self.serializer = self._serializer = serializer
+        self.deserializer = deserializer
+        self.compression = compression
+        self.compress_above = compress_above
+        self._compressor = compressor(compression, compress_above)
+        # Off: no pickle is that long, so the write paths' one comparison never compresses.
+        self._compress_above = sys.maxsize if self._compressor is None else compress_above
+        # Where the class of the moment is read, at each call: the package
+        # (objstore.Pickler/.Unpickler) for a class not given, else a namespace holding it.
+        self._picklers: Any = _package if pickler is None else SimpleNamespace(Pickler=pickler)
+        self._unpicklers: Any = _package if unpickler is None else SimpleNamespace(Unpickler=unpickler)
+        self.load: Callable[[bytes], Any]
+        if deserializer is not None:
+            # No pickling: no class is looked up, and decode's fast path always applies.
+            self._picklers = SimpleNamespace(Pickler=None)
+            self._unpicklers = SimpleNamespace(Unpickler=None)
+            self._stock: Any = None
+            self._fast_load: Callable[[bytes], Any] = _sliced(deserializer)
+            self.load = self._fast_load
+            self._load_body: Callable[[Any], Any] = deserializer
+        else:
+            # decode's fast path loads with _fast_load while _unpicklers.Unpickler is _stock.
+            self._stock = Unpickler if unpickler is None else unpickler
+            self._fast_load = pickle.loads if self._stock is Unpickler else self._load_with_class
+            self.load = self._load_following if unpickler is None else self._fast_load
+            self._load_body = self.load  # a pickle stream, with its trailer or not
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
-        self.decode: Callable[[bytes, str], Any] = _decoder(self.load, self._decode_checked, None)
+        self.decode: Callable[[bytes, str], Any] = Codec.decoder(self, None)  # a subclass sets its own
 
     def decoder(self, mapping: Any) -> Callable[[bytes, str], Any]:
         """`decode` for the reads of `mapping`: the references its values hold read through it.
@@ -261,7 +340,8 @@ class Codec:
         The fast path is `decode`'s own; only a record holding references
         (which is never of kind 1) uses the binding, made once per mapping.
         """
-        return _decoder(self.load, self._decode_checked, resolver(mapping))
+        bound = None if mapping is None else resolver(mapping)
+        return _decoder(self._fast_load, self._decode_checked, self._unpicklers, self._stock, bound)
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
         """The function that loads each of `records` if all are intact kind 1 records, else None.
@@ -274,10 +354,20 @@ class Codec:
             plain = set(map(crc32, records)) == {CRC_RESIDUE} and set(map(_kind_of, records)) == {KIND_PICKLE}
         except IndexError:  # a record of four bytes or fewer: decode says it is damaged
             return None
-        return self.load if plain else None
+        if not plain:
+            return None
+        # The classes are checked once per batch, not per record.
+        return self._fast_load if self._unpicklers.Unpickler is self._stock else self.load
 
     def _load_with_class(self, record: bytes) -> Any:
-        return self.unpickler(io.BytesIO(record)).load()
+        return self._unpicklers.Unpickler(io.BytesIO(record)).load()
+
+    def _load_following(self, record: bytes) -> Any:
+        """Load `record` through ``objstore.Unpickler`` as it is now (pickle's C loads for the stock one)."""
+        unpickler = _package.Unpickler
+        if unpickler is Unpickler:
+            return pickle.loads(record)
+        return unpickler(io.BytesIO(record)).load()
 
     def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
         """Return the record for `value`; pickling errors carry a note naming `key`.
@@ -288,9 +378,11 @@ class Codec:
         if keep_key:
             return _keep_key(self.encode(value, key), key)
         try:
-            if self._stock_pickler and _shallow_size(value) < LARGE:
+            if self._picklers.Pickler is Pickler and _shallow_size(value) < LARGE:
                 payload = pickle.dumps(value, self.protocol)
-                return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
+                if self._compressor is None or len(payload) <= self._compress_above:
+                    return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
+                return self._plain_or_compressed(payload)
             return self._encode_in_buffer(value)
         except RefFound:
             pass  # the value holds a reference: pickled again below, with references
@@ -302,27 +394,57 @@ class Codec:
     def _encode_with_refs(self, value: Any, key: str) -> bytes:
         """The record of `value`, which holds references: its `SECTION_REFS` lists the keys named."""
         try:
-            stream, keys = dump_with_refs(self.pickler, value, self.protocol)
+            stream, keys = dump_with_refs(self._picklers.Pickler, value, self.protocol)
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
         payload = b"".join(len(whole).to_bytes(4, "little") + whole for whole in map(str.encode, keys))
-        return _sectioned(stream, 0, SECTION_REFS, payload)
+        return _add_section(self._plain_or_compressed(stream), SECTION_REFS, payload)
 
-    def _encode_in_buffer(self, value: Any) -> memoryview:
+    def _encode_in_buffer(self, value: Any) -> Record:
         """The record of `value`, pickled into a buffer that the trailer is then appended to.
 
         For large values this is several times faster than ``pickle.dumps``,
         which grows and copies its own output buffer, and the record is never
-        copied again: LMDB is handed a view of the buffer.
+        copied again: LMDB is handed a view of the buffer. (A compressed record
+        is the compressor's output instead.)
         """
         buffer = io.BytesIO()
-        self.pickler(buffer, self.protocol).dump(value)
+        if self._serializer is not None:
+            buffer.write(self._serializer(value, self.protocol))
+        else:
+            self._picklers.Pickler(buffer, self.protocol).dump(value)
+        if buffer.tell() > self._compress_above:
+            with buffer.getbuffer() as body:
+                compressed = self._compressed(body)
+            if compressed is not None:
+                return compressed
         buffer.write(_KIND_BYTE)
         with buffer.getbuffer() as body:
             crc = crc32(body)
         buffer.write(crc.to_bytes(4, "little"))
         return buffer.getbuffer()
+
+    def _compressed(self, body: Any) -> bytes | None:
+        """The kind 2 record of `body` (bytes-like) compressed; None if that is no smaller."""
+        assert self._compressor is not None
+        codec_id, compress = self._compressor
+        packed = compress(body)
+        if len(packed) + _COMPRESSION_OVERHEAD >= len(body):
+            return None  # incompressible: stored as it is
+        head = b"".join(
+            (packed, bytes((codec_id,)), _section_end(1, SECTION_COMPRESSION), bytes((1, KIND_SECTIONS)))
+        )
+        crc: int = crc32(head)
+        return head + crc.to_bytes(4, "little")
+
+    def _plain_or_compressed(self, payload: bytes) -> Record:
+        """The record of the pickle `payload`, compressed if it is long enough and that saves space."""
+        if len(payload) > self._compress_above:
+            compressed = self._compressed(payload)
+            if compressed is not None:
+                return compressed
+        return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
 
     def encode_many(
         self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
@@ -338,7 +460,7 @@ class Codec:
         return records
 
     def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
-        if not self._stock_pickler:
+        if self._picklers.Pickler is not Pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
@@ -352,6 +474,8 @@ class Codec:
             key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
+        if self._compressor is not None:
+            return [self._plain_or_compressed(payload) for payload in payloads]
         return [payload + trailer(KIND_PICKLE, crc32(kind, crc32(payload))) for payload in payloads]
 
     def intact(self, record: bytes, key: str) -> bool:
@@ -368,11 +492,23 @@ class Codec:
         if not is_intact(record):
             raise bad_record(record, key)
         # Every kind starts with the pickle stream, and pickle stops at its
-        # STOP opcode: the record is loaded in place, sections and all.
+        # STOP opcode: the record is loaded in place, sections and all. A
+        # compressed body, or a serializer's bytes, is sliced out first.
+        load: Callable[[Any], Any] = self.load
+        data: Any = record
+        holds_refs = False
+        if record[-TRAILER_SIZE] == KIND_SECTIONS:
+            body, sections = _body(record)
+            codec = sections.get(SECTION_COMPRESSION)
+            if codec is not None:
+                data, load = decompress(codec, body, key), self._load_body
+            elif self._serializer is not None:
+                data, load = bytes(body), self._load_body
+            holds_refs = SECTION_REFS in sections and self._serializer is None
         try:
-            if mapping is not None and _holds_refs(record):
-                return load_with_refs(self.unpickler, record, mapping)
-            return self.load(record)
+            if holds_refs and mapping is not None:
+                return load_with_refs(self._unpicklers.Unpickler, data, mapping)
+            return load(data)
         except Exception as exc:
             add_key_note(exc, key)
             raise
@@ -396,22 +532,24 @@ class SignedCodec(Codec):
     "Signed records" in the module docstring).
     """
 
-    __slots__ = ("signer",)
+    __slots__ = ("_signed_load", "signer")
 
-    def __init__(
-        self,
-        signer: Signer,
-        protocol: int | None = None,
-        pickler: type[pickle.Pickler] = Pickler,
-        unpickler: type[pickle.Unpickler] = Unpickler,
-    ) -> None:
-        super().__init__(protocol, pickler, unpickler)
+    def __init__(self, signer: Signer, protocol: int | None = None, *args: Any, **options: Any) -> None:
+        super().__init__(protocol, *args, **options)
         self.signer = signer
-        self.decode = _signed_decoder(self.load, signer, self._decode_checked, None)
+        # What the fast path loads a record with: in place, or (a serializer's bytes) its body.
+        self._signed_load = self._fast_load if self._serializer is None else self._load_signed_body
+        self.decode = self.decoder(None)
 
     def decoder(self, mapping: Any) -> Callable[[bytes, str], Any]:
         """`decode` for the reads of `mapping`, as `Codec.decoder`, with every MAC checked."""
-        return _signed_decoder(self.load, self.signer, self._decode_checked, resolver(mapping))
+        bound = None if mapping is None else resolver(mapping)
+        return _signed_decoder(
+            self._signed_load, self.signer, self._decode_checked, self._unpicklers, self._stock, bound
+        )
+
+    def _load_signed_body(self, record: bytes) -> Any:
+        return self._load_body(bytes(_body(record)[0]))
 
     def batch_loader(self, records: Sequence[bytes]) -> Callable[[bytes], Any] | None:
         """None: every record of a signed store goes through `decode`, which checks its MAC."""
@@ -426,7 +564,7 @@ class SignedCodec(Codec):
     ) -> list[Record]:
         """Return the signed records of `values` under `keys`, as `Codec.encode_many`."""
         keep, signer = frozenset(keep_keys), self.signer
-        if not self._stock_pickler:  # Codec._encode_many would call this class's encode
+        if self._picklers.Pickler is not Pickler:  # Codec._encode_many would call this class's encode
             return [self.encode(v, k, i in keep) for i, (v, k) in enumerate(zip(values, keys, strict=True))]
         records = self._encode_many(values, keys)
         return [_signed(r, k, i in keep, signer) for i, (r, k) in enumerate(zip(records, keys, strict=True))]
@@ -456,8 +594,9 @@ class SignedCodec(Codec):
         """`decode` for records off its fast path: long keys, other sections, and refusals (raised)."""
         if self._mac_matches(record, key):
             sections = _sections(record)
-            if sections is None or not sections.keys() <= _SIGNED_ONLY:
-                # Other features' sections: the plain path reads them (or says it cannot).
+            if sections is None or not sections.keys() <= _SIGNED_ONLY or self._serializer is not None:
+                # Other features' sections, or a serializer's bytes to slice out: the plain
+                # path reads them (or says it cannot).
                 return super()._decode_checked(record, key, mapping)
             try:
                 return self.load(record)
@@ -526,7 +665,12 @@ def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
 
 
 def _signed_decoder(
-    load: Callable[[bytes], Any], signer: Signer, checked: Callable[[bytes, str, Any], Any], mapping: Any
+    load: Callable[[bytes], Any],
+    signer: Signer,
+    checked: Callable[[bytes, str, Any], Any],
+    unpicklers: Any,
+    stock: Any,
+    mapping: Any,
 ) -> Callable[[bytes, str], Any]:
     """The `SignedCodec.decode` of a codec that loads with `load`: one call per read.
 
@@ -535,6 +679,7 @@ def _signed_decoder(
     proves the bytes it covers intact. Any other record goes to `checked`,
     which loads a long key's record or raises the error that says what is
     wrong. Everything is bound as a default, so it reads only local variables.
+    `load` is used while ``unpicklers.Unpickler is stock``, as in `_decoder`.
     `mapping` is passed on to `checked`: what the references of a record bind to.
     """
 
@@ -548,6 +693,8 @@ def _signed_decoder(
         equal: Callable[[bytes, bytes], bool] = hmac.compare_digest,
         load: Callable[[bytes], Any] = load,
         checked: Callable[[bytes, str, Any], Any] = checked,
+        unpicklers: Any = unpicklers,
+        stock: Any = stock,
         mapping: Any = mapping,
         mac_end: int = -_MAC_TAIL,
         crc_at: int = 1 - TRAILER_SIZE,
@@ -561,7 +708,7 @@ def _signed_decoder(
             state = keyed.copy()  # _record_mac, written out
             state.update(record[:mac_at])
             state.update(head + whole)
-            if equal(state.digest(), record[mac_at:mac_end]):
+            if equal(state.digest(), record[mac_at:mac_end]) and unpicklers.Unpickler is stock:
                 try:
                     return load(record)
                 except Exception as exc:
@@ -573,7 +720,11 @@ def _signed_decoder(
 
 
 def _decoder(
-    load: Callable[[bytes], Any], checked: Callable[[bytes, str, Any], Any], mapping: Any
+    load: Callable[[bytes], Any],
+    checked: Callable[[bytes, str, Any], Any],
+    unpicklers: Any,
+    stock: Any,
+    mapping: Any,
 ) -> Callable[[bytes, str], Any]:
     """The `Codec.decode` of a codec that loads with `load`: one call per read.
 
@@ -581,6 +732,8 @@ def _decoder(
     and loaded in place; any other record goes to `checked`, which loads
     another kind or raises the error that says what is wrong. Everything the
     fast path needs is bound as a default, so it reads only local variables.
+    `load` is used while ``unpicklers.Unpickler is stock`` (always, for a
+    codec given its class); otherwise `checked` loads with the class of the moment.
     `mapping` is passed on to `checked`: what the references of a record bind to.
     """
 
@@ -593,10 +746,12 @@ def _decoder(
         kind: int = KIND_PICKLE,
         load: Callable[[bytes], Any] = load,
         checked: Callable[[bytes, str, Any], Any] = checked,
+        unpicklers: Any = unpicklers,
+        stock: Any = stock,
         mapping: Any = mapping,
     ) -> Any:
         try:
-            if crc32(record) == residue and record[kind_at] == kind:
+            if crc32(record) == residue and record[kind_at] == kind and unpicklers.Unpickler is stock:
                 return load(record)
         except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
             pass
@@ -609,27 +764,53 @@ def _decoder(
 
 
 def _keep_key(record: Record, key: str) -> bytes:
-    """`record` (of kind 1, or 2) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
-    if record[-TRAILER_SIZE] == KIND_SECTIONS:  # e.g. one holding references
-        return _sectioned(
-            record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1], SECTION_KEY, str.encode(key)
-        )
-    return _sectioned(record[:-TRAILER_SIZE], 0, SECTION_KEY, str.encode(key))
+    """`record` made a kind 2 record with a `SECTION_KEY` section holding `key`."""
+    return _add_section(record, SECTION_KEY, str.encode(key))
 
 
-def _sectioned(head: Record, count: int, tag: int, payload: bytes) -> bytes:
-    """A kind 2 record: `head` (a pickle stream, `count` sections), one more section, the trailer."""
+def _add_section(record: Record, tag: int, payload: bytes) -> bytes:
+    """`record` (of kind 1 or 2) made a kind 2 record with one more section, `payload` under `tag`."""
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:
+        head, count = record[: -TRAILER_SIZE - 1], record[-TRAILER_SIZE - 1]
+    else:
+        head, count = record[:-TRAILER_SIZE], 0
     body = b"".join((head, payload, _section_end(len(payload), tag), bytes((count + 1, KIND_SECTIONS))))
     crc: int = crc32(body)  # typed here: without isal installed, mypy sees crc32 as Any
     return body + crc.to_bytes(4, "little")
 
 
-def _holds_refs(record: bytes) -> bool:
-    """Whether `record`, intact, has a `SECTION_REFS` section (its pickle holds references)."""
-    if record[-TRAILER_SIZE] != KIND_SECTIONS:
-        return False
-    sections = _sections(record)
-    return sections is not None and SECTION_REFS in sections
+def _sliced(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """A loader of kind 1 records for `deserializer`: it gets the bytes before the trailer."""
+
+    def load(record: bytes, deserializer: Callable[[bytes], Any] = deserializer) -> Any:
+        return deserializer(record[:-TRAILER_SIZE])
+
+    return load
+
+
+def _check_serializer(serializer: Any, deserializer: Any, pickler: Any, unpickler: Any) -> None:
+    """Refuse a half serializer pair, or one given with pickler classes (TypeError)."""
+    if (serializer is None) != (deserializer is None):
+        raise TypeError(
+            "serializer and deserializer must be given together (as in shelve): "
+            "deserializer(serializer(obj, protocol)) must return an equal object"
+        )
+    if serializer is None:
+        return
+    if pickler is not None or unpickler is not None:
+        raise TypeError(
+            "give either serializer=/deserializer= or pickler=/unpickler=, not both: "
+            "a serializer replaces pickling"
+        )
+    if not (callable(serializer) and callable(deserializer)):
+        raise TypeError("serializer and deserializer must be callables")
+
+
+def _body(record: bytes) -> tuple[memoryview, dict[int, bytes]]:
+    """A kind 2 record's body (the bytes before its sections, as a view) and its sections, by tag."""
+    sections = _sections(record) or {}
+    end = len(record) - TRAILER_SIZE - 1 - sum(len(p) + _SECTION_END for p in sections.values())
+    return memoryview(record)[:end], sections
 
 
 def _sections(record: bytes) -> dict[int, bytes] | None:
@@ -670,9 +851,16 @@ def is_intact(record: bytes) -> bool:
 def pickle_of(record: bytes) -> bytes:
     """The pickle stream of an intact `record`, for tools that read it without loading it.
 
-    Every kind begins with the pickle stream, and readers of pickle opcodes
-    (``pickletools.genops``) stop at its STOP opcode: the record itself is it.
+    Readers of pickle opcodes (``pickletools.genops``) stop at its STOP
+    opcode, so an uncompressed record is its own pickle stream; a compressed
+    one is decompressed (`CorruptError` or `UnsupportedFormatError` if it
+    cannot be).
     """
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:
+        body, sections = _body(record)
+        codec = sections.get(SECTION_COMPRESSION)
+        if codec is not None:
+            return decompress(codec, body, "?")
     return record
 
 

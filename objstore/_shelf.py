@@ -38,9 +38,10 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._compress import DEFAULT_COMPRESS_ABOVE
 from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
@@ -99,6 +100,17 @@ class Shelf(_Writer):
     pickler, unpickler
         Subclasses of ``pickle.Pickler``/``pickle.Unpickler`` to serialise
         through, e.g. with custom reducers or a restricted ``find_class``.
+        Without them, whatever ``objstore.Pickler``/``objstore.Unpickler``
+        are at each read and write (as ``shelve`` up to Python 3.14).
+    serializer, deserializer
+        Functions replacing pickling, as in ``shelve`` (Python 3.15):
+        ``serializer(obj, protocol)`` returns bytes, ``deserializer(data)``
+        the object. Given together; not with `pickler`/`unpickler`.
+    compression
+        ``None`` (default), ``"zlib"`` or ``"zstd"`` (``objstore[zstd]``):
+        compress values whose pickle is longer than `compress_above` bytes
+        (default 2048), when that makes them smaller. Each record says how
+        it is stored, so any setting reads every record.
     allow
         Restrict what values may import: ``None`` (default) allows anything
         (pickle's own behaviour); otherwise only the safe set of data types
@@ -136,21 +148,33 @@ class Shelf(_Writer):
         lock: str = "shared",
         timeout: float | None = 10.0,
         map_size: int = DEFAULT_MAP_SIZE,
-        pickler: type[Pickler] | type[Any] = Pickler,
-        unpickler: type[Unpickler] | type[Any] = Unpickler,
+        pickler: type[Pickler] | type[Any] | None = None,
+        unpickler: type[Unpickler] | type[Any] | None = None,
         allow: Any = None,
         aliases: Mapping[str, str] | None = None,
         allow_network_fs: bool = False,
         mode: int = 0o666,
+        serializer: Callable[[Any, int], Any] | None = None,
+        deserializer: Callable[[bytes], Any] | None = None,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
         secret: bytes | str | None = None,
     ) -> None:
         if lock not in ("shared", "exclusive"):
             raise ValueError(f"lock must be 'shared' or 'exclusive', not {lock!r}")
+        if deserializer is not None and (allow is not None or aliases):
+            raise TypeError("allow= and aliases= restrict unpickling, which a deserializer replaces")
         # Normalised now, so that a bad entry is refused before the store is touched.
         allowlist = None if allow is None else Allowlist.of(allow)
         loader = restricted(unpickler, allowlist, aliases)
         aliases = dict(aliases) if aliases else None  # checked by restricted()
-        codec = Codec(protocol, pickler, loader)
+        coding: dict[str, Any] = {
+            "serializer": serializer,
+            "deserializer": deserializer,
+            "compression": compression,
+            "compress_above": compress_above,
+        }
+        codec = Codec(protocol, pickler, loader, **coding)
         secret_key = None if secret is None else secret_bytes(secret)
         signers: list[Signer | None] = []
 
@@ -181,7 +205,7 @@ class Shelf(_Writer):
         )
         signer = signers[-1]
         if signer is not None:
-            codec = SignedCodec(signer, protocol, pickler, loader)
+            codec = SignedCodec(signer, protocol, pickler, loader, **coding)
         self._secret = secret_key
         super().__init__(store, codec)
         self._flag = flag
@@ -313,6 +337,10 @@ class Shelf(_Writer):
             **self._loading,
             "allow_network_fs": options.allow_network_fs,
             "mode": options.mode,
+            "serializer": self._codec.serializer,
+            "deserializer": self._codec.deserializer,
+            "compression": self._codec.compression,
+            "compress_above": self._codec.compress_above,
         }
         if self._secret is not None:
             kwargs["secret"] = self._secret  # so the pickle of a signed shelf holds its secret
@@ -365,7 +393,8 @@ def open(
 
     `options` are the keyword-only parameters of `Shelf`: ``durability``,
     ``lock``, ``timeout``, ``map_size``, ``pickler``, ``unpickler``,
-    ``allow``, ``aliases``, ``allow_network_fs``, ``mode`` and ``secret``.
+    ``allow``, ``aliases``, ``allow_network_fs``, ``mode``, ``serializer``,
+    ``deserializer``, ``compression``, ``compress_above`` and ``secret``.
     """
     return Shelf(path, flag, protocol, writeback, **options)
 

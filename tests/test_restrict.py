@@ -310,9 +310,9 @@ class TestRefused:
 
     def test_no_restriction_keeps_the_fast_path(self, path: Path) -> None:
         with objstore.open(path) as db:
-            assert db._codec.load is pickle.loads
+            assert db._codec._fast_load is pickle.loads
         with objstore.open(path, allow=()) as db:
-            assert db._codec.load is not pickle.loads
+            assert db._codec._fast_load is not pickle.loads
 
 
 # ------------------------------------------------------------- allowing
