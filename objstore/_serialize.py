@@ -57,6 +57,7 @@ from itertools import count
 from operator import itemgetter
 from typing import Any
 
+from . import _buffers
 from ._errors import CorruptError, UnsupportedFormatError
 
 try:  # the same CRC-32 as zlib's, computed with SIMD instructions
@@ -90,7 +91,7 @@ __all__ = [
 KIND_PICKLE = 1
 KIND_SECTIONS = 2
 SECTION_KEY = 1
-_KNOWN_SECTIONS = frozenset({SECTION_KEY})
+_KNOWN_SECTIONS = frozenset({SECTION_KEY, _buffers.SECTION_BUFFERS})
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -180,7 +181,7 @@ class Codec:
     a third of a small read). Any other class is used through its constructor.
     """
 
-    __slots__ = ("_stock_pickler", "decode", "load", "pickler", "protocol", "unpickler")
+    __slots__ = ("_spot", "_stock_pickler", "decode", "load", "pickler", "protocol", "unpickler")
 
     def __init__(
         self,
@@ -206,6 +207,8 @@ class Codec:
         self.pickler = pickler
         self.unpickler = unpickler
         self._stock_pickler = pickler is Pickler
+        # Notices a large buffer inside a value pickled in band (a dict of arrays, an array view).
+        self._spot = _buffers.spot if protocol >= 5 else None
         self.load: Callable[[bytes], Any] = pickle.loads if unpickler is Unpickler else self._load_with_class
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
@@ -219,7 +222,8 @@ class Codec:
         None, each record goes through `decode`, which says what is wrong.
         """
         try:
-            plain = set(map(crc32, records)) == {CRC_RESIDUE} and set(map(_kind_of, records)) == {KIND_PICKLE}
+            # Kinds first: a record with large out-of-band buffers must not pay a CRC-32 over them.
+            plain = set(map(_kind_of, records)) == {KIND_PICKLE} and set(map(crc32, records)) == {CRC_RESIDUE}
         except IndexError:  # a record of four bytes or fewer: decode says it is damaged
             return None
         return self.load if plain else None
@@ -227,7 +231,13 @@ class Codec:
     def _load_with_class(self, record: bytes) -> Any:
         return self.unpickler(io.BytesIO(record)).load()
 
-    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+    def _load_buffers(self, record: Any, buffers: Any) -> Any:
+        """Load `record` whose out-of-band buffers are `buffers`."""
+        if self.unpickler is Unpickler:
+            return pickle.loads(record, buffers=buffers)
+        return self.unpickler(io.BytesIO(record), buffers=buffers).load()
+
+    def encode(self, value: Any, key: str, keep_key: bool = False, large: bool = False) -> Record:
         """Return the record for `value`; pickling errors carry a note naming `key`.
 
         With `keep_key`, the record also holds the whole of `key` (a kind 2
@@ -236,10 +246,17 @@ class Codec:
         if keep_key:
             return _keep_key(self.encode(value, key), key)
         try:
-            if self._stock_pickler and _shallow_size(value) < LARGE:
-                payload = pickle.dumps(value, self.protocol)
+            if self._stock_pickler and not large and _shallow_size(value) < LARGE:
+                payload = pickle.dumps(value, self.protocol, buffer_callback=self._spot)
                 return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
             return self._encode_in_buffer(value)
+        except _buffers.Large:
+            return self.encode(value, key, large=True)
+        except TypeError as exc:
+            if type(value) is memoryview and not getattr(exc, "__notes__", None):
+                return self._encode_in_buffer(value)  # a large memoryview goes out of band
+            _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
+            raise
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
@@ -251,8 +268,14 @@ class Codec:
         which grows and copies its own output buffer, and the record is never
         copied again: LMDB is handed a view of the buffer.
         """
-        buffer = io.BytesIO()
-        self.pickler(buffer, self.protocol).dump(value)
+        if self.protocol >= 5:
+            # Large buffers out of band (`_buffers`): not copied through the stream.
+            buffer, oob = _buffers.dump(value, self.pickler, self.protocol)
+            if oob:
+                return memoryview(_buffers.frame(buffer, oob, crc32))
+        else:
+            buffer = io.BytesIO()
+            self.pickler(buffer, self.protocol).dump(value)
         buffer.write(_KIND_BYTE)
         with buffer.getbuffer() as body:
             crc = crc32(body)
@@ -275,11 +298,13 @@ class Codec:
     def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
         if not self._stock_pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
-        dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
+        dumps, protocol, kind, trailer, spot = pickle.dumps, self.protocol, _KIND_BYTE, _trailer, self._spot
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
         taken = count()  # how many values the comprehension took, to name the one that failed
         try:
-            payloads = [dumps(value, protocol) for value, _ in zip(values, taken, strict=False)]
+            payloads = [dumps(value, protocol, buffer_callback=spot) for value, _ in zip(values, taken, strict=False)]
+        except _buffers.Large:  # large buffers go out of band: value by value
+            return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         except Exception as exc:
             key = keys[next(taken) - 1]
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
@@ -288,6 +313,9 @@ class Codec:
 
     def _decode_checked(self, record: bytes, key: str) -> Any:
         """`decode` for every record its fast path leaves: other kinds, and damage (raised)."""
+        layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+        if layout is not None:
+            return self._decode_buffers(record, key, layout, False)
         if not is_intact(record):
             raise bad_record(record, key)
         # Every kind starts with the pickle stream, and pickle stops at its
@@ -297,6 +325,31 @@ class Codec:
         except Exception as exc:
             add_key_note(exc, key)
             raise
+
+
+    def _decode_buffers(self, record: Any, key: str, layout: _buffers.Layout, zero_copy: bool) -> Any:
+        """The value of `record`, which holds out-of-band buffers (`layout`), checked."""
+        if not layout.sections.keys() <= _KNOWN_SECTIONS:
+            raise bad_record(record, key)
+        try:
+            intact, value = _buffers.load(record, layout, self._load_buffers, zero_copy)
+        except Exception as exc:
+            add_key_note(exc, key)
+            raise
+        if not intact:
+            raise _damaged(record, key)
+        return value
+
+    def decode_view(self, record: Any, key: str) -> Any:
+        """`decode` inside a zero-copy snapshot: out-of-band buffers come back as read-only views of `record`.
+
+        `record` must stay valid as long as those views live (the storage's
+        pinned views do). Those buffers are not checked; the rest of the record is.
+        """
+        layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+        if layout is not None:
+            return self._decode_buffers(record, key, layout, True)
+        return self.decode(record, key)
 
 
 def _decoder(
@@ -321,7 +374,7 @@ def _decoder(
         checked: Callable[[bytes, str], Any] = checked,
     ) -> Any:
         try:
-            if crc32(record) == residue and record[kind_at] == kind:
+            if record[kind_at] == kind and crc32(record) == residue:
                 return load(record)
         except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
             pass
@@ -336,6 +389,8 @@ def _decoder(
 def _keep_key(record: Record, key: str) -> bytes:
     """`record` (of kind 1) made a kind 2 record with a `SECTION_KEY` section holding `key`."""
     whole = str.encode(key)
+    if record[-TRAILER_SIZE] == KIND_SECTIONS:  # out-of-band buffers: one more section
+        return _buffers.add_section(record, SECTION_KEY, whole, crc32, CRC_RESIDUE)
     body = b"".join(
         (record[:-TRAILER_SIZE], whole, _section_end(len(whole), SECTION_KEY), bytes((1, KIND_SECTIONS)))
     )
@@ -366,7 +421,12 @@ def is_intact(record: bytes) -> bool:
     # One CRC call over the whole record, no slicing (see the module docstring).
     try:
         if crc32(record) != CRC_RESIDUE:
-            return False
+            layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+            return (
+                layout is not None
+                and layout.sections.keys() <= _KNOWN_SECTIONS
+                and _buffers.intact_buffers(record, layout)
+            )
         kind = record[-TRAILER_SIZE]
     except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
         return False
@@ -382,13 +442,23 @@ def record_key(record: bytes) -> bytes | None:
     """The whole key (UTF-8) that `record` holds; None if it holds none or fails its check."""
     if len(record) <= TRAILER_SIZE or record[-TRAILER_SIZE] != KIND_SECTIONS or not is_intact(record):
         return None
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None:
+        span = layout.sections.get(SECTION_KEY)
+        return None if span is None else bytes(record[span[0] : span[1]])
     sections = _sections(record)
     return None if sections is None else sections.get(SECTION_KEY)
 
 
 def bad_record(record: bytes, key: str) -> Exception:
     """Return the error for a record that failed its check: damaged, or of an unknown kind."""
-    if len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None and not layout.sections.keys() <= _KNOWN_SECTIONS:
+        return UnsupportedFormatError(
+            f"the value of key {key!r} is a record of sections {sorted(layout.sections)}, written by a "
+            "newer objstore; upgrade objstore to read it"
+        )
+    if layout is None and len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
         kind = record[-TRAILER_SIZE]
         sections = _sections(record) if kind == KIND_SECTIONS else {}
         if kind != KIND_SECTIONS or sections is not None:
@@ -397,8 +467,12 @@ def bad_record(record: bytes, key: str) -> Exception:
                 f"the value of key {key!r} is a record of {unknown}, written by a newer objstore; "
                 "upgrade objstore to read it"
             )
+    return _damaged(record, key, "CRC-32" if layout is None else "CRC-32 and XXH3")
+
+
+def _damaged(record: Any, key: str, checks: str = "CRC-32 and XXH3") -> CorruptError:
     return CorruptError(
-        f"the value of key {key!r} is damaged ({len(record)} bytes failed their CRC-32 check); "
+        f"the value of key {key!r} is damaged ({len(record)} bytes failed their {checks} check); "
         "other keys are unaffected: delete or overwrite this key, or restore it from a backup",
         key,
     )

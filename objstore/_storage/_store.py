@@ -75,6 +75,34 @@ class Store:
             env.recover(exc, 0, "read")
         return self._read(lambda txn: txn.get(key), "read")
 
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)`` for the record of `key`, or `absent`: `get` without copying the record.
+
+        The record is a view into LMDB's map, valid only during the call: a
+        large value is copied once (by `use`), not twice. Map growth in this
+        process waits for the threads inside this method (`MapGrowth`), and a
+        read that begins while a resize is under way copies the record instead.
+        """
+        env = self._environment
+        if env.writers:
+            joined = env.writer_of(threading.get_ident())
+            if joined is not None:
+                return joined.load(key, use, name, absent)
+        try:
+            txn = env.lmdb_env.begin(buffers=True)  # type: ignore[union-attr]
+            record = txn.get(key)
+        except Exception as exc:
+            env.recover(exc, 0, "read")
+            copied = self._read(lambda txn: txn.get(key), "read")
+            return absent if copied is None else use(copied, name)
+        if record is None:
+            return absent
+        if env._resizing:  # begun as a resize is about to remap: never touch the view, copy instead
+            del record, txn
+            copied = self._read(lambda txn: txn.get(key), "read")
+            return absent if copied is None else use(copied, name)
+        return use(record, name)
+
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
             raise _read_only(self.path, "store a value")
@@ -151,10 +179,10 @@ class Store:
 
     # -- explicit transactions
 
-    def read(self) -> ReadTxn:
-        """Begin a snapshot; the caller must `end()` it."""
+    def read(self, zero_copy: bool = False) -> ReadTxn:
+        """Begin a snapshot (`zero_copy`: see `ReadTxn`); the caller must `end()` it."""
         self._environment.ensure_open("open a snapshot")
-        txn = ReadTxn(self._environment)
+        txn = ReadTxn(self._environment, zero_copy)
         txn._begin()
         return txn
 
