@@ -136,26 +136,35 @@ def _padding(offset: int) -> int:
     return -(offset + _MAP_OFFSET) % ALIGN
 
 
-def frame(stream: io.BytesIO, buffers: Sequence[memoryview], crc32: Crc) -> bytes:
-    """The kind 2 record of the pickle in `stream` with `buffers` out of band (one section, tag 2)."""
+def frame(stream: io.BytesIO, buffers: Sequence[memoryview], crc32: Crc) -> bytearray:
+    """The kind 2 record of the pickle in `stream` with `buffers` out of band (one section, tag 2).
+
+    The buffers are copied once, into the record, and hashed there, while the
+    copy is still in the cache (hashing the source first would read it twice).
+    """
     with stream.getbuffer() as view:
         pickle_end = len(view)
-        crc = crc32(view)
     parts: list[Any] = [stream.getbuffer()]
-    entries: list[bytes] = []
+    spans: list[tuple[int, int, int]] = []
     offset = pickle_end
     for buffer in buffers:
-        pad = bytes(_padding(offset))
-        crc = crc32(pad, crc)
-        offset += len(pad)
-        entries.append(_entry.pack(offset, buffer.nbytes, xxh3_64_intdigest(buffer)))
-        parts += (pad, buffer)
-        offset += buffer.nbytes
-    table = b"".join(entries) + _table_end.pack(len(buffers), CHECK_XXH3)
-    tail = table + _section_end.pack(offset + len(table) - pickle_end, SECTION_BUFFERS) + bytes((1, _KIND_SECTIONS))
-    crc = crc32(tail, crc)
-    parts += (tail, crc.to_bytes(4, "little"))
-    return b"".join(parts)
+        pad = _padding(offset)
+        parts += (bytes(pad), buffer)
+        spans.append((offset + pad, buffer.nbytes, 0))
+        offset += pad + buffer.nbytes
+    table_size = len(spans) * _entry.size + _table_end.size
+    tail = _table_end.pack(len(spans), CHECK_XXH3) + _section_end.pack(
+        offset + table_size - pickle_end, SECTION_BUFFERS
+    )
+    parts += (bytes(len(spans) * _entry.size), tail, bytes((1, _KIND_SECTIONS)), bytes(4))
+    record = bytearray().join(parts)
+    parts.clear()  # releases the view of the stream
+    with memoryview(record) as view:
+        for i, (at, length, _) in enumerate(spans):
+            _entry.pack_into(view, offset + i * _entry.size, at, length, xxh3_64_intdigest(view[at : at + length]))
+        crc = _crc_around(view[:-4], spans, crc32)
+    record[-4:] = crc.to_bytes(4, "little")
+    return record
 
 
 class Layout:
