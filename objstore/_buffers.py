@@ -8,7 +8,7 @@ function is handed in by `_serialize`, which owns the rest of the record format.
 
 Layout of a record with out-of-band buffers (see ``docs/format.md``)::
 
-    pickle | pad | buffer 0 | pad | buffer 1 | ... | table | length | 2 | (other sections) | count | 2 | CRC-32
+    pickle | pad | buffer 0 | pad | ... | table | length | 2 | (other sections) | count | 2 | CRC-32
 
 The tag 2 section's payload runs from the end of the pickle stream to the
 end of the table. The table is, per buffer, its offset from the record's
@@ -161,7 +161,9 @@ def frame(stream: io.BytesIO, buffers: Sequence[memoryview], crc32: Crc) -> byte
     parts.clear()  # releases the view of the stream
     with memoryview(record) as view:
         for i, (at, length, _) in enumerate(spans):
-            _entry.pack_into(view, offset + i * _entry.size, at, length, xxh3_64_intdigest(view[at : at + length]))
+            _entry.pack_into(
+                view, offset + i * _entry.size, at, length, xxh3_64_intdigest(view[at : at + length])
+            )
         crc = _crc_around(view[:-4], spans, crc32)
     record[-4:] = crc.to_bytes(4, "little")
     return record
@@ -242,7 +244,12 @@ def add_section(record: Any, tag: int, payload: bytes, crc32: Crc, residue: int)
     view = memoryview(record)
     count = view[-_TRAILER - 1]
     body = b"".join(
-        (view[: -_TRAILER - 1], payload, _section_end.pack(len(payload), tag), bytes((count + 1, _KIND_SECTIONS)))
+        (
+            view[: -_TRAILER - 1],
+            payload,
+            _section_end.pack(len(payload), tag),
+            bytes((count + 1, _KIND_SECTIONS)),
+        )
     )
     crc = _crc_around(memoryview(body), layout.buffers, crc32)
     return body + crc.to_bytes(4, "little")
@@ -256,10 +263,8 @@ def intact_buffers(record: Any, layout: Layout) -> bool:
     return all(xxh3_64_intdigest(view[o : o + n]) == h for o, n, h in layout.buffers)
 
 
-def load(
-    record: Any, layout: Layout, loads: Callable[..., Any], zero_copy: bool = False
-) -> tuple[bool, Any]:
-    """(True, value) of `record`, its buffers copied (or, with `zero_copy`, read-only views); (False, None) if a buffer is damaged.
+def load(record: Any, layout: Layout, loads: Callable[..., Any], zero_copy: bool = False) -> tuple[bool, Any]:
+    """(True, value) of `record`; (False, None) if one of its out-of-band buffers is damaged.
 
     Each buffer is copied into a ``bytearray`` (the one copy), then checked
     while it is still in the cache. With `zero_copy`, the buffers are views

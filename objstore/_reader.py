@@ -97,6 +97,7 @@ class _Reader(Mapping[str, Any]):
     def _bind(self, source: Source | _Closed) -> None:
         self._source = source
         self._get: Callable[[bytes], bytes | None]
+        self._load: Callable[..., Any]
         if isinstance(source, _Closed):
             self._get = source.closed_get
             self._load = source.closed_get
@@ -108,7 +109,7 @@ class _Reader(Mapping[str, Any]):
             self._get = source.get
             # The record is decoded inside the storage's read, from a view into
             # the map: a large value is copied once, not twice.
-            self._load: Callable[..., Any] = source.load
+            self._load = source.load
             self._live_batches: dict[int, list[Any]] = {}
 
     def _value(self, key: str, record: bytes) -> Any:
@@ -130,7 +131,7 @@ class _Reader(Mapping[str, Any]):
             if record is None:
                 raise KeyError(key)
             return self._decode(record, key)
-        value = self._load(stored, self._decode, key, _ABSENT)
+        value: Any = self._load(stored, self._decode, key, _ABSENT)
         if value is _ABSENT:
             raise KeyError(key)
         return value
@@ -155,7 +156,7 @@ class _Reader(Mapping[str, Any]):
         if type(stored) is LongKey:
             record = own_record(self._get(stored), stored)
             return default if record is None else self._decode(record, key)
-        value = self._load(stored, self._decode, key, _ABSENT)
+        value: Any = self._load(stored, self._decode, key, _ABSENT)
         return default if value is _ABSENT else value
 
     def __contains__(self, key: object) -> bool:

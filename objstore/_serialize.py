@@ -302,7 +302,9 @@ class Codec:
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
         taken = count()  # how many values the comprehension took, to name the one that failed
         try:
-            payloads = [dumps(value, protocol, buffer_callback=spot) for value, _ in zip(values, taken, strict=False)]
+            payloads = [
+                dumps(value, protocol, buffer_callback=spot) for value, _ in zip(values, taken, strict=False)
+            ]
         except _buffers.Large:  # large buffers go out of band: value by value
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
         except Exception as exc:
@@ -325,7 +327,6 @@ class Codec:
         except Exception as exc:
             add_key_note(exc, key)
             raise
-
 
     def _decode_buffers(self, record: Any, key: str, layout: _buffers.Layout, zero_copy: bool) -> Any:
         """The value of `record`, which holds out-of-band buffers (`layout`), checked."""

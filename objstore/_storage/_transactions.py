@@ -84,7 +84,7 @@ class ReadTxn:
         for attempt in range(_ATTEMPTS + 1):
             env.register(self)
             try:
-                self._txn = env.lmdb_env.begin(buffers=self.zero_copy)  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin(buffers=self.zero_copy)  # type: ignore[union-attr, call-overload]
                 self._db = env.data
                 return
             except Exception as exc:
@@ -181,9 +181,12 @@ class ReadTxn:
         limit: int = BATCH_ITEMS,
     ) -> list[Any]:
         if not self.zero_copy:
-            return self._call(lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate")
+            return self._call(
+                lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate"
+            )
+        keys_as_bytes: Any = _KeysAsBytes  # stands in for the transaction _batch takes
         batch = self._call(
-            lambda txn: _batch(_KeysAsBytes(txn), self._db, lo, hi, reverse, values, after, limit), "iterate"
+            lambda txn: _batch(keys_as_bytes(txn), self._db, lo, hi, reverse, values, after, limit), "iterate"
         )
         return [(key, self._pinned(record)) for key, record in batch] if values else batch
 
