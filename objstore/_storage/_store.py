@@ -89,7 +89,8 @@ class Store:
             if joined is not None:
                 return joined.load(key, use, name, absent)
         try:
-            txn = env.lmdb_env.begin(buffers=True)  # type: ignore[union-attr]
+            # Positional (db, parent, write, buffers): py-lmdb parses keywords slowly (0.3 µs).
+            txn = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
             record = txn.get(key)
         except Exception as exc:
             env.recover(exc, 0, "read")
