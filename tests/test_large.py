@@ -261,3 +261,35 @@ def test_growth_here_waits_for_views_then_raises(path: Path) -> None:
         gc.collect()
         db["after"] = array(7)
         assert (db["after"] == array(7)).all()
+
+
+def test_one_copy_reads_while_another_thread_grows_the_map(path: Path) -> None:
+    import threading
+    import time
+
+    errors: list[BaseException] = []
+    done = threading.Event()
+    with objstore.open(path, map_size=TINY_MAP) as db:
+        db["a"] = array(8)
+        before = db.info()["map_size"]
+
+        def read() -> None:
+            try:
+                while not done.is_set():
+                    assert (db["a"] == array(8)).all()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 20
+            i = 0
+            while db.info()["map_size"] < before * 16 and time.monotonic() < deadline:
+                db[f"w{i}"] = array(i, n=MIB // 64)
+                i += 1
+        finally:
+            done.set()
+            reader.join(20)
+        assert not reader.is_alive() and errors == []
+        assert db.info()["map_size"] >= before * 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -102,7 +103,13 @@ class Store:
             del record, txn
             copied = self._read(lambda txn: txn.get(key), "read")
             return absent if copied is None else use(copied, name)
-        return use(record, name)
+        try:
+            return use(record, name)
+        except BaseException:
+            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
+            with contextlib.suppress(BufferError):
+                record.release()
+            raise
 
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
