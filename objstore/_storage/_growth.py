@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
@@ -139,11 +139,25 @@ class MapGrowth:
         return txn.thread != me and txn.thread not in self._waiting and not txn._done
 
     def _threads_viewing(self, me: int) -> bool:
-        """Whether another thread is inside ``Store.load``, using a view into the map."""
+        """Whether another thread is inside ``Store.load``, using a view into the map.
+
+        This thread being inside it (unpickling a value runs code that writes)
+        raises `StoreError`: the remap would pull the record from under the unpickler.
+        """
         for thread, frame in sys._current_frames().items():
-            f = frame if thread != me else None
+            f: Any = frame
             while f is not None:
-                if f.f_code.co_name == "load" and f.f_locals.get("env") is self:
+                # Only once it holds its view: before, it may be adopting a size itself.
+                if (
+                    f.f_code.co_name == "load"
+                    and f.f_locals.get("env") is self
+                    and isinstance(f.f_locals.get("record"), memoryview)
+                ):
+                    if thread == me:
+                        raise StoreError(
+                            f"cannot grow the store {self.path!r} while this thread is loading a value "
+                            "read from it (code run by unpickling wrote to it); write after the read"
+                        )
                     return True
                 f = f.f_back
         return False
