@@ -419,15 +419,15 @@ def _sections(record: bytes) -> dict[int, bytes] | None:
 
 def is_intact(record: bytes) -> bool:
     """Whether `record` passes its CRC and is of a kind (with sections) this version reads."""
+    # Out-of-band buffers first: their record's CRC-32 leaves them out (and a
+    # CRC-32 of them would cost ten times their own check).
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None:
+        return layout.sections.keys() <= _KNOWN_SECTIONS and _buffers.intact_buffers(record, layout)
     # One CRC call over the whole record, no slicing (see the module docstring).
     try:
         if crc32(record) != CRC_RESIDUE:
-            layout = _buffers.locate(record, crc32, CRC_RESIDUE)
-            return (
-                layout is not None
-                and layout.sections.keys() <= _KNOWN_SECTIONS
-                and _buffers.intact_buffers(record, layout)
-            )
+            return False
         kind = record[-TRAILER_SIZE]
     except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
         return False

@@ -95,14 +95,12 @@ class Store:
             record = txn.get(key)
         except Exception as exc:
             env.recover(exc, 0, "read")
-            copied = self._read(lambda txn: txn.get(key), "read")
-            return absent if copied is None else use(copied, name)
+            return self._load_copied(key, use, name, absent)
         if record is None:
             return absent
         if env._resizing:  # begun as a resize is about to remap: never touch the view, copy instead
             del record, txn
-            copied = self._read(lambda txn: txn.get(key), "read")
-            return absent if copied is None else use(copied, name)
+            return self._load_copied(key, use, name, absent)
         try:
             return use(record, name)
         except BaseException:
@@ -110,6 +108,11 @@ class Store:
             with contextlib.suppress(BufferError):
                 record.release()
             raise
+
+    def _load_copied(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """`load` through a copy of the record, retrying through growth (a closure here, not in `load`)."""
+        record = self._read(lambda txn: txn.get(key), "read")
+        return absent if record is None else use(record, name)
 
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
