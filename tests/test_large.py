@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
 import pickle
 import zlib
 from pathlib import Path
@@ -29,6 +30,7 @@ from _harness import run_processes
 from _tasks import TINY_MAP, grow_writer
 
 import objstore
+from objstore._storage._environment import REGISTRY
 
 np = pytest.importorskip("numpy")
 SPAWN = multiprocessing.get_context("spawn")
@@ -228,8 +230,10 @@ def test_view_outlives_its_snapshot_and_its_shelf(path: Path) -> None:
         with pytest.raises(objstore.ClosedError):
             snap["a"]
     assert (kept == array(2)).all()  # the shelf is closed; its map stays until the view goes
+    assert os.path.realpath(path) in REGISTRY.envs
     del kept
     gc.collect()
+    assert os.path.realpath(path) not in REGISTRY.envs  # closed with the last view
     with objstore.open(path) as db:  # and then the store closes and reopens as usual
         assert (db["a"] == array(3)).all()
 

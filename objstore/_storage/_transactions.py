@@ -234,6 +234,7 @@ class _Pin:
 
     def __del__(self) -> None:
         txn = self.txn
+        txn._pin = None  # its weak reference to this pin still answers while __del__ runs
         self.lmdb_txn = None
         if txn._txn is None:  # the snapshot was closed before its last view went
             env = txn._environment
