@@ -44,6 +44,7 @@ __all__ = [
 SNAPSHOT_CLOSED = "the snapshot is closed"
 TRANSACTION_CLOSED = "the transaction is closed"
 CLOSED_SHELF_PICKLED = "a closed shelf cannot be pickled"
+_ABSENT: Any = object()  # what a read of an absent key returns (None is a value)
 
 
 class _Closed:
@@ -55,8 +56,8 @@ class _Closed:
     def __getattr__(self, name: str) -> NoReturn:
         raise ClosedError(self._message)
 
-    def closed_get(self, key: bytes = b"") -> NoReturn:
-        """Stands in for the bound `get` of the hot path."""
+    def closed_get(self, key: bytes = b"", *args: object) -> NoReturn:
+        """Stands in for the bound `get` and `load` of the hot paths."""
         raise ClosedError(self._message)
 
 
@@ -101,14 +102,19 @@ class _Reader(Mapping[str, Any]):
     def _bind(self, source: Source | _Closed) -> None:
         self._source = source
         self._get: Callable[[bytes], bytes | None]
+        self._load: Callable[..., Any]
         if isinstance(source, _Closed):
             self._get = source.closed_get
+            self._load = source.closed_get
             # Empty the batches that running iterators are walking, so their
             # next step reads the next batch and meets the closed source.
             for batch in list(self._live_batches.values()):
                 batch.clear()
         else:
             self._get = source.get
+            # The record is decoded inside the storage's read, from a view into
+            # the map: a large value is copied once, not twice.
+            self._load = source.load
             self._live_batches: dict[int, list[Any]] = {}
 
     def _value(self, key: str, record: bytes) -> Any:
@@ -125,12 +131,15 @@ class _Reader(Mapping[str, Any]):
             stored = stored_key(key)
         except ValueError:  # cannot be a key, so is in no store
             raise KeyError(key) from None
-        record = self._get(stored)
         if type(stored) is LongKey:
-            record = own_record(record, stored)
-        if record is None:
+            record = own_record(self._get(stored), stored)
+            if record is None:
+                raise KeyError(key)
+            return self._decode(record, key)
+        value: Any = self._load(stored, self._decode, key, _ABSENT)
+        if value is _ABSENT:
             raise KeyError(key)
-        return self._decode(record, key)
+        return value
 
     def ref(self, key: str) -> Ref:
         """A reference to `key`, to store inside values: it is kept as the key's name, not a copy.
@@ -157,10 +166,15 @@ class _Reader(Mapping[str, Any]):
         """Return the value of `key`, or `default` if it is not in the store."""
         if self._writeback is not None:
             return self._writeback.get(self, key, default)
-        record = self._lookup(key)
-        if record is None:
+        try:
+            stored = stored_key(key)
+        except ValueError:
             return default
-        return self._decode(record, key)
+        if type(stored) is LongKey:
+            record = own_record(self._get(stored), stored)
+            return default if record is None else self._decode(record, key)
+        value: Any = self._load(stored, self._decode, key, _ABSENT)
+        return default if value is _ABSENT else value
 
     def __contains__(self, key: object) -> bool:
         try:
@@ -454,9 +468,12 @@ class Snapshot(_Reader):
     cannot reuse the pages it sees, and the data file grows.
     """
 
-    def __init__(self, txn: ReadTransaction, codec: Codec) -> None:
+    def __init__(self, txn: ReadTransaction, codec: Codec, zero_copy: bool = False) -> None:
         super().__init__(txn, codec)
         self._txn: ReadTransaction | None = txn
+        self.zero_copy = zero_copy
+        if zero_copy:  # large buffers come back as read-only views that keep the transaction alive
+            self._decode = codec.view_decoder(self)
 
     def close(self) -> None:
         """End the snapshot; later use raises `ClosedError`. Idempotent."""

@@ -104,6 +104,7 @@ from operator import itemgetter
 from types import SimpleNamespace
 from typing import Any
 
+from . import _buffers
 from ._compress import DEFAULT_COMPRESS_ABOVE, compressor, decompress
 from ._errors import CorruptError, ForbiddenGlobalError, SignatureError, UnsupportedFormatError
 from ._refs import RefFound, dump_with_refs, load_with_refs, resolver
@@ -148,7 +149,9 @@ SECTION_KEY = 1
 SECTION_COMPRESSION = 3
 SECTION_MAC = 4
 SECTION_REFS = 5
-_KNOWN_SECTIONS = frozenset({SECTION_KEY, SECTION_COMPRESSION, SECTION_MAC, SECTION_REFS})
+_KNOWN_SECTIONS = frozenset(
+    {SECTION_KEY, _buffers.SECTION_BUFFERS, SECTION_COMPRESSION, SECTION_MAC, SECTION_REFS}
+)
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -260,6 +263,7 @@ class Codec:
         "_load_body",
         "_picklers",
         "_serializer",
+        "_spot",
         "_stock",
         "_unpicklers",
         "compress_above",
@@ -330,6 +334,11 @@ class Codec:
             self._fast_load = pickle.loads if self._stock is Unpickler else self._load_with_class
             self.load = self._load_following if unpickler is None else self._fast_load
             self._load_body = self.load  # a pickle stream, with its trailer or not
+        # Notices a large buffer inside a value pickled in band (a dict of arrays, an array
+        # view), to write it out of band instead: protocol 5 only, never with a serializer,
+        # and not with compression (which asked for large values to be compressed, in band).
+        out_of_band = protocol >= 5 and serializer is None and self._compressor is None
+        self._spot = _buffers.spot if out_of_band else None
         # decode(record, key): the value held in `record`, checked first. A closure,
         # not a method: it is called once per read and iterated value.
         self.decode: Callable[[bytes, str], Any] = Codec.decoder(self, None)  # a subclass sets its own
@@ -351,7 +360,8 @@ class Codec:
         None, each record goes through `decode`, which says what is wrong.
         """
         try:
-            plain = set(map(crc32, records)) == {CRC_RESIDUE} and set(map(_kind_of, records)) == {KIND_PICKLE}
+            # Kinds first: a record with large out-of-band buffers must not pay a CRC-32 over them.
+            plain = set(map(_kind_of, records)) == {KIND_PICKLE} and set(map(crc32, records)) == {CRC_RESIDUE}
         except IndexError:  # a record of four bytes or fewer: decode says it is damaged
             return None
         if not plain:
@@ -369,7 +379,14 @@ class Codec:
             return pickle.loads(record)
         return unpickler(io.BytesIO(record)).load()
 
-    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+    def _load_buffers(self, record: Any, buffers: Any) -> Any:
+        """Load `record` whose out-of-band buffers are `buffers`."""
+        unpickler = self._unpicklers.Unpickler  # the class of the moment, as every load
+        if unpickler is Unpickler:
+            return pickle.loads(record, buffers=buffers)
+        return unpickler(io.BytesIO(record), buffers=buffers).load()
+
+    def encode(self, value: Any, key: str, keep_key: bool = False, large: bool = False) -> Record:
         """Return the record for `value`; pickling errors carry a note naming `key`.
 
         With `keep_key`, the record also holds the whole of `key` (a kind 2
@@ -378,14 +395,21 @@ class Codec:
         if keep_key:
             return _keep_key(self.encode(value, key), key)
         try:
-            if self._picklers.Pickler is Pickler and _shallow_size(value) < LARGE:
-                payload = pickle.dumps(value, self.protocol)
+            if self._picklers.Pickler is Pickler and not large and _shallow_size(value) < LARGE:
+                payload = pickle.dumps(value, self.protocol, buffer_callback=self._spot)
                 if self._compressor is None or len(payload) <= self._compress_above:
                     return payload + _trailer(KIND_PICKLE, crc32(_KIND_BYTE, crc32(payload)))
                 return self._plain_or_compressed(payload)
             return self._encode_in_buffer(value)
         except RefFound:
             pass  # the value holds a reference: pickled again below, with references
+        except _buffers.Large:
+            return self.encode(value, key, large=True)
+        except TypeError as exc:
+            if type(value) is memoryview and self._spot is not None and not getattr(exc, "__notes__", None):
+                return self._encode_in_buffer(value)  # a large memoryview goes out of band
+            _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
+            raise
         except Exception as exc:
             _add_note(exc, f"while pickling the value for key {key!r}; nothing was stored")
             raise
@@ -409,11 +433,17 @@ class Codec:
         copied again: LMDB is handed a view of the buffer. (A compressed record
         is the compressor's output instead.)
         """
-        buffer = io.BytesIO()
-        if self._serializer is not None:
-            buffer.write(self._serializer(value, self.protocol))
+        if self._spot is not None:
+            # Large buffers out of band (`_buffers`): not copied through the stream.
+            buffer, oob = _buffers.dump(value, self._picklers.Pickler, self.protocol)
+            if oob:
+                return memoryview(_buffers.frame(buffer, oob, crc32))
         else:
-            self._picklers.Pickler(buffer, self.protocol).dump(value)
+            buffer = io.BytesIO()
+            if self._serializer is not None:
+                buffer.write(self._serializer(value, self.protocol))
+            else:
+                self._picklers.Pickler(buffer, self.protocol).dump(value)
         if buffer.tell() > self._compress_above:
             with buffer.getbuffer() as body:
                 compressed = self._compressed(body)
@@ -462,12 +492,14 @@ class Codec:
     def _encode_many(self, values: Sequence[Any], keys: Sequence[str]) -> list[Record]:
         if self._picklers.Pickler is not Pickler:
             return [self.encode(value, key) for value, key in zip(values, keys, strict=True)]
-        dumps, protocol, kind, trailer = pickle.dumps, self.protocol, _KIND_BYTE, _trailer
+        dumps, protocol, kind, trailer, spot = pickle.dumps, self.protocol, _KIND_BYTE, _trailer, self._spot
         # Comprehensions, not a loop: this is most of a bulk write's own cost.
         taken = count()  # how many values the comprehension took, to name the one that failed
         try:
-            payloads = [dumps(value, protocol) for value, _ in zip(values, taken, strict=False)]
-        except RefFound:  # a value holds a reference: the chunk goes value by value
+            payloads = [
+                dumps(value, protocol, buffer_callback=spot) for value, _ in zip(values, taken, strict=False)
+            ]
+        except (RefFound, _buffers.Large):  # references, or large buffers out of band: value by value
             # Codec.encode, not self.encode: these are unsigned records, whatever the subclass.
             return [Codec.encode(self, value, key) for value, key in zip(values, keys, strict=True)]
         except Exception as exc:
@@ -489,6 +521,9 @@ class Codec:
         see `decoder`); without one, such a record fails to load as pickle's
         loads does (no ``persistent_load``).
         """
+        layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+        if layout is not None:
+            return self._decode_buffers(record, key, layout, False)
         if not is_intact(record):
             raise bad_record(record, key)
         # Every kind starts with the pickle stream, and pickle stops at its
@@ -512,6 +547,36 @@ class Codec:
         except Exception as exc:
             add_key_note(exc, key)
             raise
+
+    def _decode_buffers(self, record: Any, key: str, layout: _buffers.Layout, zero_copy: bool) -> Any:
+        """The value of `record`, which holds out-of-band buffers (`layout`), checked."""
+        if not layout.sections.keys() <= _KNOWN_SECTIONS:
+            raise bad_record(record, key)
+        try:
+            intact, value = _buffers.load(record, layout, self._load_buffers, zero_copy)
+        except Exception as exc:
+            add_key_note(exc, key)
+            raise
+        if not intact:
+            raise _damaged(record, key)
+        return value
+
+    def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
+        """`decoder(mapping)` for a zero-copy snapshot: out-of-band buffers come back as read-only views.
+
+        A record passed to it must stay valid as long as those views live (the
+        storage's pinned views do). Those buffers are not checked; the rest of
+        the record is.
+        """
+        decode = self.decoder(mapping)
+
+        def decode_view(record: Any, key: str) -> Any:
+            layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+            if layout is not None:
+                return self._decode_buffers(record, key, layout, True)
+            return decode(record, key)
+
+        return decode_view
 
 
 _MAC_END = _section_end(MAC_SIZE, SECTION_MAC)  # the MAC section's length and tag
@@ -537,6 +602,9 @@ class SignedCodec(Codec):
     def __init__(self, signer: Signer, protocol: int | None = None, *args: Any, **options: Any) -> None:
         super().__init__(protocol, *args, **options)
         self.signer = signer
+        # In band only: a signature covers the whole record, buffers included, which a
+        # view handed out unchecked (zero-copy) would skip.
+        self._spot = None
         # What the fast path loads a record with: in place, or (a serializer's bytes) its body.
         self._signed_load = self._fast_load if self._serializer is None else self._load_signed_body
         self.decode = self.decoder(None)
@@ -548,6 +616,10 @@ class SignedCodec(Codec):
             self._signed_load, self.signer, self._decode_checked, self._unpicklers, self._stock, bound
         )
 
+    def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
+        """`decoder(mapping)`: a signed store's values are never views, as every byte is checked."""
+        return self.decoder(mapping)
+
     def _load_signed_body(self, record: bytes) -> Any:
         return self._load_body(bytes(_body(record)[0]))
 
@@ -555,9 +627,9 @@ class SignedCodec(Codec):
         """None: every record of a signed store goes through `decode`, which checks its MAC."""
         return None
 
-    def encode(self, value: Any, key: str, keep_key: bool = False) -> Record:
+    def encode(self, value: Any, key: str, keep_key: bool = False, large: bool = False) -> Record:
         """Return the signed record for `value` under `key` (holding the whole key if `keep_key`)."""
-        return _signed(super().encode(value, key), key, keep_key, self.signer)
+        return _signed(super().encode(value, key, large=large), key, keep_key, self.signer)
 
     def encode_many(
         self, values: Sequence[Any], keys: Sequence[str], keep_keys: Sequence[int] = ()
@@ -587,7 +659,8 @@ class SignedCodec(Codec):
             whole = str.encode(key)
         except UnicodeEncodeError:  # a key read from damaged bytes: no record can be signed for it
             return False
-        mac = _record_mac(self.signer, whole, record[-_MAC_TAIL : -TRAILER_SIZE + 1], record[:-_MAC_START])
+        tail = bytes(record[-_MAC_TAIL : -TRAILER_SIZE + 1])  # bytes: the record may be a view
+        mac = _record_mac(self.signer, whole, tail, record[:-_MAC_START])
         return hmac.compare_digest(mac, record[-_MAC_START:-_MAC_TAIL])
 
     def _decode_checked(self, record: bytes, key: str, mapping: Any = None) -> Any:
@@ -751,7 +824,8 @@ def _decoder(
         mapping: Any = mapping,
     ) -> Any:
         try:
-            if crc32(record) == residue and record[kind_at] == kind and unpicklers.Unpickler is stock:
+            # The kind first: a record with large out-of-band buffers must not pay a CRC-32 over them.
+            if record[kind_at] == kind and crc32(record) == residue and unpicklers.Unpickler is stock:
                 return load(record)
         except IndexError:  # four bytes or fewer can pass the CRC but hold no trailer
             pass
@@ -765,6 +839,9 @@ def _decoder(
 
 def _keep_key(record: Record, key: str) -> bytes:
     """`record` made a kind 2 record with a `SECTION_KEY` section holding `key`."""
+    if record[-TRAILER_SIZE] == KIND_SECTIONS and _buffers.locate(record, crc32, CRC_RESIDUE) is not None:
+        # Out-of-band buffers: their CRC leaves the buffers out (see `_buffers`).
+        return _buffers.add_section(record, SECTION_KEY, str.encode(key), crc32, CRC_RESIDUE)
     return _add_section(record, SECTION_KEY, str.encode(key))
 
 
@@ -783,7 +860,7 @@ def _sliced(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     """A loader of kind 1 records for `deserializer`: it gets the bytes before the trailer."""
 
     def load(record: bytes, deserializer: Callable[[bytes], Any] = deserializer) -> Any:
-        return deserializer(record[:-TRAILER_SIZE])
+        return deserializer(bytes(record[:-TRAILER_SIZE]))  # bytes: the record may be a view of the map
 
     return load
 
@@ -833,6 +910,11 @@ def _sections(record: bytes) -> dict[int, bytes] | None:
 
 def is_intact(record: bytes) -> bool:
     """Whether `record` passes its CRC and is of a kind (with sections) this version reads."""
+    # Out-of-band buffers first: their record's CRC-32 leaves them out (and a
+    # CRC-32 of them would cost ten times their own check).
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None:
+        return layout.sections.keys() <= _KNOWN_SECTIONS and _buffers.intact_buffers(record, layout)
     # One CRC call over the whole record, no slicing (see the module docstring).
     try:
         if crc32(record) != CRC_RESIDUE:
@@ -868,13 +950,23 @@ def record_key(record: bytes) -> bytes | None:
     """The whole key (UTF-8) that `record` holds; None if it holds none or fails its check."""
     if len(record) <= TRAILER_SIZE or record[-TRAILER_SIZE] != KIND_SECTIONS or not is_intact(record):
         return None
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None:
+        span = layout.sections.get(SECTION_KEY)
+        return None if span is None else bytes(record[span[0] : span[1]])
     sections = _sections(record)
     return None if sections is None else sections.get(SECTION_KEY)
 
 
 def bad_record(record: bytes, key: str) -> Exception:
     """Return the error for a record that failed its check: damaged, or of an unknown kind."""
-    if len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
+    layout = _buffers.locate(record, crc32, CRC_RESIDUE)
+    if layout is not None and not layout.sections.keys() <= _KNOWN_SECTIONS:
+        return UnsupportedFormatError(
+            f"the value of key {key!r} is a record of sections {sorted(layout.sections)}, written by a "
+            "newer objstore; upgrade objstore to read it"
+        )
+    if layout is None and len(record) > TRAILER_SIZE and crc32(record) == CRC_RESIDUE:
         kind = record[-TRAILER_SIZE]
         sections = _sections(record) if kind == KIND_SECTIONS else {}
         if kind != KIND_SECTIONS or sections is not None:
@@ -883,8 +975,12 @@ def bad_record(record: bytes, key: str) -> Exception:
                 f"the value of key {key!r} is a record of {unknown}, written by a newer objstore; "
                 "upgrade objstore to read it"
             )
+    return _damaged(record, key, "CRC-32" if layout is None else "CRC-32 and XXH3")
+
+
+def _damaged(record: Any, key: str, checks: str = "CRC-32 and XXH3") -> CorruptError:
     return CorruptError(
-        f"the value of key {key!r} is damaged ({len(record)} bytes failed their CRC-32 check); "
+        f"the value of key {key!r} is damaged ({len(record)} bytes failed their {checks} check); "
         "other keys are unaffected: delete or overwrite this key, or restore it from a backup",
         key,
     )

@@ -233,15 +233,21 @@ class Shelf(_Writer):
         """Whether `close` was called."""
         return isinstance(self._source, _Closed)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, zero_copy: bool = False) -> Snapshot:
         """Return a read-only, consistent view of the whole store; use it in a ``with`` block.
 
         ::
 
             with db.snapshot() as snap:
                 total = sum(snap[k]["amount"] for k in snap)
+
+        With ``zero_copy=True``, large out-of-band buffers (NumPy arrays,
+        bytearrays, memoryviews) are returned as read-only views into the
+        store's memory map, not copied and not checked; each view keeps the
+        snapshot's pages alive until it is released, even after the snapshot
+        is closed (see docs/large-values.md).
         """
-        snap = Snapshot(self._source.read(), self._codec)
+        snap = Snapshot(self._source.read(zero_copy), self._codec, zero_copy)
         self._snapshots[id(snap)] = snap
         return snap
 

@@ -308,6 +308,12 @@ class _Environment(MapGrowth, ForkHandling):
         me = threading.get_ident()
         if self.lmdb_env is not None and self.pid == os.getpid() and self._other_writers(me):
             return  # WriteTxn._finish of the last one calls this again
+        if (
+            self.lmdb_env is not None
+            and self.pid == os.getpid()
+            and any(t.pinned for t in list(self._long_lived))
+        ):
+            return  # views of a zero-copy snapshot point into the map: the last one's _Pin calls this again
         if REGISTRY.envs.get(self.path) is self:
             del REGISTRY.envs[self.path]
         env, self.lmdb_env = self.lmdb_env, None

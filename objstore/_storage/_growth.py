@@ -16,12 +16,13 @@ itself: threads that wait for a resize are not waited for by it.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lmdb
 
@@ -131,8 +132,35 @@ class MapGrowth:
 
     def _holds_up_resize(self, txn: ReadTxn, me: int) -> bool:
         # Finished transactions may still be registered when an interrupt hit
-        # their bookkeeping: they hold nothing up.
+        # their bookkeeping: they hold nothing up. Views of a zero-copy snapshot
+        # always do, whatever thread holds them: a remap would pull the memory from under them.
+        if txn.pinned:
+            return True
         return txn.thread != me and txn.thread not in self._waiting and not txn._done
+
+    def _threads_viewing(self, me: int) -> bool:
+        """Whether another thread is inside ``Store.load``, using a view into the map.
+
+        This thread being inside it (unpickling a value runs code that writes)
+        raises `StoreError`: the remap would pull the record from under the unpickler.
+        """
+        for thread, frame in sys._current_frames().items():
+            f: Any = frame
+            while f is not None:
+                # Only once it holds its view: before, it may be adopting a size itself.
+                if (
+                    f.f_code.co_name == "load"
+                    and f.f_locals.get("env") is self
+                    and isinstance(f.f_locals.get("record"), memoryview)
+                ):
+                    if thread == me:
+                        raise StoreError(
+                            f"cannot grow the store {self.path!r} while this thread is loading a value "
+                            "read from it (code run by unpickling wrote to it); write after the read"
+                        )
+                    return True
+                f = f.f_back
+        return False
 
     def _set_mapsize(self, size: int, coordinate: bool) -> None:
         """Set the map size once no other thread's transaction is open (or the timeout passed).
@@ -157,8 +185,16 @@ class MapGrowth:
                         raise closed(STORE_CLOSED_MEANWHILE, "grow the store")
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
+                        if any(t.pinned for t in self._long_lived):
+                            raise StoreError(
+                                f"cannot grow the store {self.path!r} (or adopt the size another process "
+                                "grew it to): views read in a zero-copy snapshot are still alive; release "
+                                "them (del the arrays) before writing more, or read without zero_copy"
+                            )
                         break  # they will find themselves expired
                     self._guard.wait(0.05 if left is None else min(left, 0.05))
+            while self._threads_viewing(me):  # short reads through views: over in microseconds
+                time.sleep(0.0005)
             with _lock.maintenance(self.path, timeout) if coordinate else nullcontext():
                 while True:
                     try:

@@ -11,11 +11,11 @@ storage package and every backend can depend on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ._common import Chunk, Value
+from ._common import Chunk, T, Value
 
 __all__ = ["ReadTransaction", "Source", "Storage", "WriteTransaction", "Writable"]
 
@@ -28,6 +28,10 @@ class Source(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def contains(self, key: bytes) -> bool: ...
     def count(self) -> int: ...
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)`` for the record of `key` (a view valid during the call); `absent` if none."""
+        ...
+
     def batch(
         self,
         lo: bytes | None,
@@ -87,7 +91,10 @@ class Storage(Writable, Protocol):
         """Whether this thread holds a write transaction on the store."""
         ...
 
-    def read(self) -> ReadTransaction: ...
+    def read(self, zero_copy: bool = False) -> ReadTransaction:
+        """A snapshot; with `zero_copy`, the large records it reads are views kept valid while they live."""
+        ...
+
     def sync(self) -> None: ...
     def close(self) -> None: ...
     def info(self) -> dict[str, Any]: ...

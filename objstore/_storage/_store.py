@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -77,6 +78,44 @@ class Store:
         # methodcaller, not a lambda: a closure would make `key` a cell, built on every call.
         record: bytes | None = self._read(methodcaller("get", key), "read")
         return record
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)`` for the record of `key`, or `absent`: `get` without copying the record.
+
+        The record is a view into LMDB's map, valid only during the call: a
+        large value is copied once (by `use`), not twice. Map growth in this
+        process waits for the threads inside this method (`MapGrowth`), and a
+        read that begins while a resize is under way copies the record instead.
+        """
+        env = self._environment
+        if env.writers:
+            joined = env.writer_of(threading.get_ident())
+            if joined is not None:
+                return joined.load(key, use, name, absent)
+        try:
+            # Positional (db, parent, write, buffers): py-lmdb parses keywords slowly (0.3 µs).
+            txn = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
+            record = txn.get(key)
+        except Exception as exc:
+            env.recover(exc, 0, "read")
+            return self._load_copied(key, use, name, absent)
+        if record is None:
+            return absent
+        if env._resizing:  # begun as a resize is about to remap: never touch the view, copy instead
+            del record, txn
+            return self._load_copied(key, use, name, absent)
+        try:
+            return use(record, name)
+        except BaseException:
+            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
+            with contextlib.suppress(BufferError):
+                record.release()
+            raise
+
+    def _load_copied(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """`load` through a copy of the record, retrying through growth (a closure here, not in `load`)."""
+        record = self._read(lambda txn: txn.get(key), "read")
+        return absent if record is None else use(record, name)
 
     def put(self, key: bytes, value: Value) -> None:
         if self.readonly:
@@ -154,10 +193,10 @@ class Store:
 
     # -- explicit transactions
 
-    def read(self) -> ReadTxn:
-        """Begin a snapshot; the caller must `end()` it."""
+    def read(self, zero_copy: bool = False) -> ReadTxn:
+        """Begin a snapshot (`zero_copy`: see `ReadTxn`); the caller must `end()` it."""
         self._environment.ensure_open("open a snapshot")
-        txn = ReadTxn(self._environment)
+        txn = ReadTxn(self._environment, zero_copy)
         txn._begin()
         return txn
 

@@ -10,8 +10,11 @@ own.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,8 +63,12 @@ class ReadTxn:
 
     readonly = True
 
-    def __init__(self, environment: Host) -> None:
+    def __init__(self, environment: Host, zero_copy: bool = False) -> None:
         self._environment = environment
+        # A zero-copy snapshot: its large records are views into the map that
+        # keep this transaction (and the map) alive while they live (`_Pin`).
+        self.zero_copy = zero_copy
+        self._pin: weakref.ref[_Pin] | None = None
         self.path = environment.path
         self.thread = threading.get_ident()
         self.pid = os.getpid()
@@ -77,7 +84,7 @@ class ReadTxn:
         for attempt in range(_ATTEMPTS + 1):
             env.register(self)
             try:
-                self._txn = env.lmdb_env.begin()  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin(buffers=self.zero_copy)  # type: ignore[union-attr, call-overload]
                 self._db = env.data
                 return
             except Exception as exc:
@@ -99,7 +106,23 @@ class ReadTxn:
         # itself, freeing its reader slot, when the last reference goes, which
         # without such a thread is here and now.
         self._txn = None
-        self._environment.unregister(self)
+        if not self.pinned:  # else the last view's pin unregisters it
+            self._environment.unregister(self)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether views into the map read by this (zero-copy) transaction are alive."""
+        return self._pin is not None and self._pin() is not None
+
+    def _pinned(self, view: Any) -> Any:
+        """`view` (into the map) as a read-only view that keeps this transaction alive; small ones copied."""
+        if view is None or len(view) < PIN_MIN:
+            return None if view is None else bytes(view)
+        pin = None if self._pin is None else self._pin()
+        if pin is None:
+            pin = _Pin(self)
+            self._pin = weakref.ref(pin)
+        return pinned_view(view, pin)
 
     def _live(self) -> Txn:
         txn = self._txn
@@ -134,7 +157,13 @@ class ReadTxn:
             raise self._error(exc, action) from exc
 
     def get(self, key: bytes) -> bytes | None:
+        if self.zero_copy:
+            return self._call(lambda txn: self._pinned(txn.get(key, db=self._db)), "read")  # type: ignore[no-any-return]
         return self._call(lambda txn: txn.get(key, db=self._db), "read")
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        record = self.get(key)
+        return absent if record is None else use(record, name)
 
     def contains(self, key: bytes) -> bool:
         return self._call(lambda txn: _contains(txn, self._db, key), "read")
@@ -151,7 +180,112 @@ class ReadTxn:
         after: bytes | None,
         limit: int = BATCH_ITEMS,
     ) -> list[Any]:
-        return self._call(lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate")
+        if not self.zero_copy:
+            return self._call(
+                lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate"
+            )
+        keys_as_bytes: Any = _KeysAsBytes  # stands in for the transaction _batch takes
+        batch = self._call(
+            lambda txn: _batch(keys_as_bytes(txn), self._db, lo, hi, reverse, values, after, limit), "iterate"
+        )
+        return [(key, self._pinned(record)) for key, record in batch] if values else batch
+
+
+class _KeysAsBytes:
+    """A ``buffers=True`` transaction (or its cursor) whose walks give keys as bytes; records stay views."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def cursor(self, db: Any = None) -> _KeysAsBytes:
+        return _KeysAsBytes(self._inner.cursor(db))
+
+    def key(self) -> bytes:
+        return bytes(self._inner.key())
+
+    def iternext(self, values: bool = True) -> Iterator[Any]:
+        return self._bytes(self._inner.iternext(values=values), values)
+
+    def iterprev(self, values: bool = True) -> Iterator[Any]:
+        return self._bytes(self._inner.iterprev(values=values), values)
+
+    @staticmethod
+    def _bytes(walk: Iterator[Any], values: bool) -> Iterator[Any]:
+        return ((bytes(key), record) for key, record in walk) if values else map(bytes, walk)
+
+
+PIN_MIN = 1 << 16  # records at least this big are handed out as views in a zero-copy snapshot
+
+
+class _Pin:
+    """Kept alive by every view a zero-copy snapshot handed out: keeps its LMDB transaction open.
+
+    While it lives, the transaction counts as a reader that map growth can
+    neither wait out nor end (`MapGrowth`), and the environment is not closed.
+    When the last view goes, it ends the transaction if the snapshot is over.
+    """
+
+    def __init__(self, txn: ReadTxn) -> None:
+        self.txn = txn
+        self.lmdb_txn = txn._txn  # a reference: the LMDB transaction ends when the last one goes
+
+    def __del__(self) -> None:
+        txn = self.txn
+        txn._pin = None  # its weak reference to this pin still answers while __del__ runs
+        self.lmdb_txn = None
+        if txn._txn is None:  # the snapshot was closed before its last view went
+            env = txn._environment
+            env.unregister(txn)
+            env.writer_done()  # closes the environment if a close waited for the views
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [  # noqa: RUF012 - the C struct Py_buffer
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+
+
+@functools.lru_cache(maxsize=256)
+def _array_type(size: int) -> Any:
+    return ctypes.c_ubyte * size
+
+
+def pinned_view(view: memoryview, keeper: object) -> memoryview:
+    """A read-only view of the memory of `view` whose exporter holds `keeper`.
+
+    py-lmdb's views hold no reference to their transaction; this one's
+    exporter (a ctypes array over the same memory) holds `keeper`, so that
+    anything made from it (slices, NumPy arrays) keeps the keeper alive.
+    """
+    buffer = _PyBuffer()
+    if _get_buffer(view, ctypes.byref(buffer), 0) != 0:  # pragma: no cover - views always export
+        raise BufferError("cannot read the address of a view")
+    try:
+        address, size = buffer.buf, buffer.len
+    finally:
+        _release_buffer(ctypes.byref(buffer))
+    exporter = _array_type(size).from_address(address)
+    exporter.keeper = keeper
+    return memoryview(exporter).cast("B").toreadonly()
 
 
 class WriteTxn(ReadTxn):
