@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from ._environment import _Environment
 
 
+# Records at least this big make a handle read in place (`Store.load`): the size
+# from which objstore's codec writes buffers out of band.
+IN_PLACE_SIZE = 1 << 16
+
+
 class Store:
     """A handle on a store: one per shelf, sharing its path's environment.
 
@@ -30,7 +35,7 @@ class Store:
     transaction this thread holds on the store.
     """
 
-    __slots__ = ("_environment", "_released", "path", "readonly", "settings")
+    __slots__ = ("_environment", "_in_place", "_released", "path", "readonly", "settings")
 
     def __init__(self, environment: _Environment, readonly: bool) -> None:
         self._environment = environment
@@ -38,6 +43,8 @@ class Store:
         self.readonly = readonly
         self.settings = environment.settings
         self._released = False
+        # Whether `load` reads records in place (see there): from this handle's first large record on.
+        self._in_place = False
 
     def _joined(self) -> WriteTxn | None:
         env = self._environment
@@ -82,16 +89,31 @@ class Store:
     def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
         """``use(record, name)`` for the record of `key`, or `absent`: `get` without copying the record.
 
-        The record is a view into LMDB's map, valid only during the call: a
-        large value is copied once (by `use`), not twice. Map growth in this
-        process waits for the threads inside this method (`MapGrowth`), and a
-        read that begins while a resize is under way copies the record instead.
+        Once this handle has met a record of `IN_PLACE_SIZE` bytes or more, the
+        record is a view into LMDB's map, valid only during the call: a large
+        value is copied once (by `use`), not twice. Map growth in this process
+        waits for the threads inside this method holding a view (`MapGrowth`),
+        and a read that begins while a resize is under way copies the record
+        instead. Until then records are copied out of the map, as `get` does:
+        a view costs a tenth of a small read (py-lmdb's buffer objects), which
+        a store of small values never pays.
         """
         env = self._environment
         if env.writers:
             joined = env.writer_of(threading.get_ident())
             if joined is not None:
                 return joined.load(key, use, name, absent)
+        if not self._in_place:
+            try:
+                record = env.lmdb_env.begin().get(key)  # type: ignore[union-attr]
+            except Exception as exc:
+                env.recover(exc, 0, "read")
+                return self._load_copied(key, use, name, absent)
+            if record is None:
+                return absent
+            if len(record) >= IN_PLACE_SIZE:
+                self._in_place = True  # this store holds large values: read them in place from now on
+            return use(record, name)
         try:
             # Positional (db, parent, write, buffers): py-lmdb parses keywords slowly (0.3 µs).
             txn = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
