@@ -4,7 +4,7 @@ This module owns section tag 2 (`SECTION_BUFFERS`) of kind 2 records: which
 buffers go out of band, where they sit in the record, the check that covers
 them, and loading a record with one copy of each buffer (or none, in a
 zero-copy snapshot). It knows nothing of keys or of the storage; the CRC-32
-function is handed in by `_serialize`, which owns the rest of the record format.
+function is handed in by the codec; `_records` owns the rest of the record format.
 
 Layout of a record with out-of-band buffers (see ``docs/format.md``)::
 
@@ -60,7 +60,7 @@ _MAP_OFFSET = 16  # where LMDB puts a large value's first byte inside its page (
 CHECK_XXH3 = 1
 _entry = struct.Struct("<QQQ")  # offset, length, XXH3-64
 _table_end = struct.Struct("<IB")  # number of buffers, check id
-_section_end = struct.Struct("<IB")  # payload length, tag (as in _serialize)
+_section_end = struct.Struct("<IB")  # payload length, tag (as in _records)
 _KIND_SECTIONS = 2
 _TRAILER = 5  # kind, CRC-32
 Crc = Callable[..., int]
@@ -203,7 +203,7 @@ def locate(record: Any, crc32: Crc, residue: int) -> Layout | None:
 
     Checks the CRC-32 of every byte but the buffers' (not the buffers: their
     XXH3 is checked as they are copied, see `load`). Also None for records
-    without a tag 2 section: `_serialize` checks those.
+    without a tag 2 section: `_records` checks those.
     """
     if len(record) <= _TRAILER or record[-_TRAILER] != _KIND_SECTIONS:
         return None

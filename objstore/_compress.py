@@ -4,7 +4,7 @@ A shelf opened with ``compression="zlib"`` or ``"zstd"`` compresses the body
 of each record (the pickle stream, or a custom serializer's bytes) longer than
 ``compress_above`` bytes, when that makes the record smaller. Which codec
 compressed a record is written in the record itself (a section of tag 3
-holding one codec id byte, see `_serialize`), so a store may mix settings and
+holding one codec id byte, see `_records`), so a store may mix settings and
 reads whatever the current ones are.
 
 This module owns the codec names, their ids, the validation of the

@@ -13,7 +13,7 @@ errors through; lookups take its `ValueError` to mean "absent" (a key that
 cannot be stored is in no store).
 
 It must never see a value (records are opaque here, read only through
-`_serialize`'s `is_intact` and `record_key`) nor use the storage beyond a
+`_records`' `is_intact` and `record_key`) nor use the storage beyond a
 ``get`` it is handed.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from hashlib import blake2b
 
 from ._errors import CorruptError
-from ._serialize import is_intact, record_key
+from ._records import is_intact, record_key
 from ._storage import MAX_KEY_SIZE
 
 __all__ = [

@@ -27,9 +27,10 @@ from typing import Any, NoReturn
 
 from ._errors import ClosedError, CorruptError
 from ._keys import LongKey, bounds, is_utf8, key_of, own_record, stored_key, undecodable_key
+from ._records import is_intact
 from ._refs import Ref, resolver
 from ._restrict import Unreadable, record_globals
-from ._serialize import Codec, add_key_note, is_intact
+from ._serialize import Codec, add_key_note
 from ._storage import BATCH_BYTES, BATCH_ITEMS, ReadTransaction, Source
 from ._writeback import Writeback
 

@@ -18,7 +18,7 @@ of the user's own pickler and unpickler classes, which see every other id.
 
 This module owns `Ref`, the persistent id of a reference and the pickler and
 unpickler that write and read it. It must never know the record format (the
-codec marks the records, `_serialize` owns that) nor any mapping class: a
+codec marks the records, `_serialize` and `_records` own that) nor any mapping class: a
 `Ref` reads its key with ``mapping[key]``, whatever the mapping is.
 """
 

@@ -26,7 +26,7 @@ This module owns:
 
 It must never import a module a pickle names before the allowlist allowed it,
 nor know keys on disk or the storage; it reads records only through
-`_serialize.pickle_of`.
+`_records.pickle_of`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from types import ModuleType
 from typing import Any, ClassVar, cast
 
 from ._errors import ForbiddenGlobalError
-from ._serialize import Unpickler, _add_note, pickle_of
+from ._records import pickle_of
+from ._serialize import Unpickler, _add_note
 
 __all__ = ["Allowlist", "RestrictedUnpickler", "Unreadable", "record_globals", "resolve", "restricted"]
 

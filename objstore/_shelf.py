@@ -45,9 +45,11 @@ from ._compress import DEFAULT_COMPRESS_ABOVE
 from ._errors import SHELF_CLOSED, ClosedError, UnsupportedFormatError
 from ._keys import KEY_ENCODING
 from ._reader import CLOSED_SHELF_PICKLED, Snapshot, _Closed
+from ._records import CRC_IMPLEMENTATION
 from ._restrict import Allowlist, restricted
-from ._serialize import CRC_IMPLEMENTATION, Codec, Pickler, SignedCodec, Unpickler, _add_note
+from ._serialize import Codec, Pickler, Unpickler, _add_note
 from ._sign import SIGNED_VALUE_FORMAT, Signer, secret_bytes, signed_settings, store_signer
+from ._signed import SignedCodec
 from ._storage import DEFAULT_MAP_SIZE, Options, closing_at_exit, open_store
 from ._version import __version__
 from ._writeback import Writeback

@@ -15,7 +15,7 @@ cryptography of it:
   wrong secret at open), written at creation and checked at every open.
 
 It must never store, print or put the secret in a message (only `Shelf`'s
-pickle carries it, see `_shelf`), nor know the record layout: `_serialize`
+pickle carries it, see `_shelf`), nor know the record layout: `_signed`
 decides which bytes of a record its MAC covers.
 """
 

@@ -29,7 +29,8 @@ from itertools import chain
 from typing import Any, Protocol
 
 from ._keys import long_positions, stored_key, stored_keys
-from ._serialize import Codec, Record
+from ._records import Record
+from ._serialize import Codec
 from ._storage import Chunk, Storage
 
 __all__ = ["CHUNK", "ReadHost", "WriteHost", "Writeback"]

@@ -23,7 +23,8 @@ from typing import Any, NoReturn, TypeVar
 from ._errors import ConflictError, ReadOnlyError
 from ._keys import LongKey, check_slot, long_positions, own_record, stored_key, stored_keys
 from ._reader import TRANSACTION_CLOSED, _Closed, _Reader
-from ._serialize import Codec, Record
+from ._records import Record
+from ._serialize import Codec
 from ._storage import Chunk
 from ._writeback import CHUNK
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import objstore
-from objstore import _serialize
+from objstore import _records
 
 WRITE_AND_DUMP = """
 import json, sys
 {block}
-import objstore, objstore._serialize as s
+import objstore, objstore._records as s
 with objstore.open(sys.argv[1]) as db:
     if sys.argv[2] == "write":
         db.update({{"a": [1, 2.5, "x"], "b": {{"nested": (None, True)}}, "c": b"\\x00" * 100_000}})
@@ -37,13 +37,13 @@ def run(path: Path, mode: str, block_isal: bool) -> dict[str, str]:
 def test_the_accelerated_crc_is_zlibs_crc() -> None:
     for size in (0, 1, 7, 100, 4096, 1 << 20):
         data = os.urandom(size)
-        assert _serialize.crc32(data) == zlib.crc32(data)
-        assert _serialize.crc32(data, 12345) == zlib.crc32(data, 12345)
+        assert _records.crc32(data) == zlib.crc32(data)
+        assert _records.crc32(data, 12345) == zlib.crc32(data, 12345)
 
 
 def test_isal_is_used_when_installed() -> None:
     pytest.importorskip("isal")
-    assert _serialize.CRC_IMPLEMENTATION == "isal"
+    assert _records.CRC_IMPLEMENTATION == "isal"
     assert objstore.open  # the package imported with it
 
 

@@ -309,7 +309,7 @@ def test_an_unknown_section_is_refused_not_guessed() -> None:
     record = body + zlib.crc32(body).to_bytes(4, "little")
     with pytest.raises(objstore.UnsupportedFormatError, match="sections"):
         objstore._serialize.Codec().decode(record, "k")
-    assert not objstore._serialize.is_intact(record)
+    assert not objstore._records.is_intact(record)
 
 
 @pytest.mark.parametrize(

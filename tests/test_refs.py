@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import objstore
-from objstore import _serialize
+from objstore import _records, _serialize
 
 # ------------------------------------------------------------- the basics
 
@@ -408,8 +408,8 @@ def test_record_format_of_a_value_with_references() -> None:
     assert loaded == {"refs": [("objstore.ref", key) for key in ("b", "ключ", "b", "")]}
 
     long_record = bytes(codec.encode({"refs": refs}, "x" * 600, keep_key=True))
-    assert long_record[-6] == 2 and _serialize.record_key(long_record) == b"x" * 600
-    assert _serialize.is_intact(long_record)
+    assert long_record[-6] == 2 and _records.record_key(long_record) == b"x" * 600
+    assert _records.is_intact(long_record)
     with pytest.raises(pickle.UnpicklingError):  # a codec not bound to a mapping: no persistent_load
         codec.decode(long_record, "x" * 600)
 

@@ -25,8 +25,9 @@ import lmdb
 import pytest
 
 import objstore
-from objstore._serialize import Codec, SignedCodec
+from objstore._serialize import Codec
 from objstore._sign import Signer
+from objstore._signed import SignedCodec
 
 SECRET = b"a test secret of 32 bytes, ok!!!"
 OTHER = b"another secret, also long enough"
@@ -448,7 +449,8 @@ def test_a_stripped_signature_is_refused_by_holders_of_the_secret(path: Path) ->
 
 
 def test_signing_keeps_the_sections_a_record_already_has() -> None:
-    from objstore._serialize import _keep_key, _signed
+    from objstore._records import _keep_key
+    from objstore._signed import _signed
 
     signer = Signer(SECRET, b"s" * 16)
     plain = bytes(Codec().encode([1], LONG))
