@@ -17,7 +17,19 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_OUT = os.path.join(HERE, "results")
-WORKLOAD_NAMES = ("single", "bulk", "read", "iterate", "large", "readers", "open", "mixed", "disk", "memory")
+WORKLOAD_NAMES = (
+    "single",
+    "bulk",
+    "read",
+    "iterate",
+    "large",
+    "modes",
+    "readers",
+    "open",
+    "mixed",
+    "disk",
+    "memory",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
