@@ -246,6 +246,10 @@ class Objstore(Adapter):
     def floor(self) -> str:
         return "floor" if self.level == "full" else f"floor-{self.level}"
 
+    def describe_options(self) -> str:
+        """The extra arguments of `open`, as the page shows them (the secret elided)."""
+        return "".join(f", {k}=..." if k == "secret" else f", {k}={v!r}" for k, v in self.options.items())
+
     def open(self, create: bool = False, readonly: bool = False) -> None:
         flag = "r" if readonly else ("c" if create else "w")
         db = objstore.open(self.path, flag, durability=self.level, **self.options)
