@@ -62,7 +62,8 @@ def _sizes(results: dict[str, Any]) -> str:
             "pinned (no `mmap` below 32 MiB, no trimming, 16 MiB of heap touched first), so that no system's "
             "1 MiB buffers pay page faults for new memory by accident of the heap's history.",
             f"- Serializer modes: {c.get('modes_records', 0):,} single writes (no fsync) of records with one "
-            "more field, then as many random reads after reopening, for plain objstore, `allow=()`, "
+            "more field, then as many random reads after reopening (5 passes, the fastest counts), for plain "
+            "objstore, `allow=()`, "
             '`secret=`, `compression="zlib"` and values whose extra field is a `Ref`.',
             f"- Concurrent readers: {', '.join(map(str, c['reader_procs']))} processes, "
             f"{c['reader_ops']:,} random reads each (at most the store's N); throughput is all reads over "

@@ -614,6 +614,9 @@ class OpenReadClose(Workload):
         return {"open": Sample(seconds, cycles, peak_kb=peak.kb)}
 
 
+MODES_PASSES = 5  # passes of random reads per "modes" measurement; the fastest counts
+
+
 class Modes(Workload):
     """The serializer modes of issue 9 on small values, side by side: single writes, then random reads.
 
@@ -622,7 +625,10 @@ class Modes(Workload):
     record with one more field, "link": the key itself as a ``str``, or, for
     "objstore-ref", a `Ref` to it (stored as the key's name too). Small values
     stay below `compress_above`, so "objstore-zlib" only decides not to
-    compress. Reads follow a reopen, as in the "read" workload.
+    compress. Reads follow a reopen, as in the "read" workload, in
+    `MODES_PASSES` passes over every key; the fastest pass counts (the one
+    least disturbed by other work on the machine: the differences between
+    modes are a few µs, less than the noise of a shared machine).
     """
 
     name = "modes"
@@ -651,7 +657,10 @@ class Modes(Workload):
         adapter.reopen()
         keys = shuffled(expected, ctx.config.seed + rep + 1)
         with measured() as peak_read:
-            read = timed_reads(adapter.get, keys, lambda k, v: check_values(k, v, expected, system))
+            read = min(
+                timed_reads(adapter.get, keys, lambda k, v: check_values(k, v, expected, system))
+                for _ in range(MODES_PASSES)
+            )
         adapter.close()
         shutil.rmtree(root)
         return {
