@@ -157,7 +157,7 @@ Sizes of this run:
 
 ## Targets
 
-The targets of issue 4, measured by this run:
+The targets of issues 4 and 9, measured by this run:
 
 {targets_table(targets(results, summary))}
 
