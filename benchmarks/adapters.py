@@ -31,6 +31,7 @@ import objstore
 # max_spare_txns=0, what naive code gets: objstore reuses one read transaction
 # (max_spare_txns=1, made fork-safe), which is part of what it is measured on.
 FLOOR_MAP_SIZE = 1 << 30  # objstore's default initial map size on 64-bit
+MODES_SECRET = b"benchmark secret, 32 bytes long!"
 LMDB_DURABILITY = {
     "full": {"sync": True, "metasync": True},
     "normal": {"sync": True, "metasync": False},
@@ -222,13 +223,16 @@ class Floor(Adapter):
 
 
 class Objstore(Adapter):
-    """objstore's `Shelf`, through its public API only."""
+    """objstore's `Shelf`, through its public API only; `options` are more arguments of `open`."""
 
     family = "objstore"
 
-    def __init__(self, name: str, root: str, level: str = "full") -> None:
+    def __init__(
+        self, name: str, root: str, level: str = "full", options: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(name, root)
         self.level = level
+        self.options = options or {}
         self.fsync = level != "off"
         self.durability = {
             "full": "fsync per commit (default: durability='full')",
@@ -242,9 +246,13 @@ class Objstore(Adapter):
     def floor(self) -> str:
         return "floor" if self.level == "full" else f"floor-{self.level}"
 
+    def describe_options(self) -> str:
+        """The extra arguments of `open`, as the page shows them (the secret elided)."""
+        return "".join(f", {k}=..." if k == "secret" else f", {k}={v!r}" for k, v in self.options.items())
+
     def open(self, create: bool = False, readonly: bool = False) -> None:
         flag = "r" if readonly else ("c" if create else "w")
-        db = objstore.open(self.path, flag, durability=self.level)
+        db = objstore.open(self.path, flag, durability=self.level, **self.options)
         self.db = db
         self.get = db.__getitem__
         self.set = db.__setitem__
@@ -483,6 +491,11 @@ def all_systems() -> dict[str, System]:
         System("objstore", Objstore, {"level": "full"}),
         System("objstore-normal", Objstore, {"level": "normal"}),
         System("objstore-off", Objstore, {"level": "off"}),
+        # The serializer modes of issue 9 (the "modes" workload only), all without fsync.
+        System("objstore-allow", Objstore, {"level": "off", "options": {"allow": ()}}),
+        System("objstore-signed", Objstore, {"level": "off", "options": {"secret": MODES_SECRET}}),
+        System("objstore-zlib", Objstore, {"level": "off", "options": {"compression": "zlib"}}),
+        System("objstore-ref", Objstore, {"level": "off"}),  # values hold a Ref (see workloads.Modes)
     ]
     for module in dbm_backends():
         systems.append(System("shelve-" + module.split(".")[1], Shelve, {"module": module}))

@@ -17,7 +17,19 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_OUT = os.path.join(HERE, "results")
-WORKLOAD_NAMES = ("single", "bulk", "read", "iterate", "large", "readers", "open", "mixed", "disk", "memory")
+WORKLOAD_NAMES = (
+    "single",
+    "bulk",
+    "read",
+    "iterate",
+    "large",
+    "modes",
+    "readers",
+    "open",
+    "mixed",
+    "disk",
+    "memory",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +86,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def describe_systems(systems: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What the report needs to know about each system, without opening anything."""
+    from .adapters import Objstore
+
     out: dict[str, dict[str, Any]] = {}
     for name, system in systems.items():
         a = system.describe()
@@ -86,6 +100,7 @@ def describe_systems(systems: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "op_scale": a.op_scale,
             "store_scale": a.store_scale,
             "backend": getattr(a, "backend", None),
+            "options": a.describe_options() if isinstance(a, Objstore) else None,
         }
     out["memcpy"] = {
         "family": "reference",

@@ -48,12 +48,14 @@ def summarize(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
                     if good[0]["extra"]:
                         fig["extra"] = _median_extra([s["extra"] for s in good])
             figures[system] = fig
+        info = results["workloads"][row]
+        floors = out.get(info.get("floor_row", ""), figures)  # e.g. zero-copy reads over plain ones
         for system, fig in figures.items():
             # Rows without the system's own floor (reads: durability plays no part) use "floor".
-            own = systems.get(system, {}).get("floor", "floor")
+            own = info.get("floor_system") or systems.get(system, {}).get("floor", "floor")
             if own is None:
                 continue
-            floor = figures.get(own) or figures.get("floor", {})
+            floor = floors.get(own) or floors.get("floor", {})
             if "per_op" in fig and floor.get("per_op"):
                 fig["ratio"] = fig["per_op"] / floor["per_op"]
         out[row] = figures
@@ -124,12 +126,16 @@ def _short_durability(results: dict[str, Any], system: str) -> str:
     return "fsync" if info.get("fsync") else "no fsync"
 
 
-WRITE_ROWS = ("single", "bulk", "large-write")
+WRITE_ROWS = ("single", "bulk", "large-write", "modes-write")
 
 
-def ops_table(results: dict[str, Any], summary: dict[str, Any], row: str, unit: str) -> str:
-    """A table of one row: throughput, time per op, ratio to the floor, peak RSS."""
+def ops_table(
+    results: dict[str, Any], summary: dict[str, Any], row: str, unit: str, versus: str | None = None
+) -> str:
+    """A table of one row: throughput, time per op, ratio to the floor (and to `versus`), peak RSS."""
     figures = summary[row]
+    base = figures.get(versus or "", {}).get("per_op")
+    faults = any("faults_per_op" in fig.get("extra", {}) for fig in figures.values())
     writes = row in WRITE_ROWS
     body = []
     for system in _order(results, list(figures)):
@@ -146,14 +152,20 @@ def ops_table(results: dict[str, Any], summary: dict[str, Any], row: str, unit: 
                 f"{fig['spread']:.0%}" if fig.get("repeats", 0) > 1 else "–",
                 fmt_mib(fig.get("peak_mib")),
             ]
+            if versus:
+                cells.insert(4, fmt_ratio(fig["per_op"] / base) if base and fig.get("per_op") else "–")
+            if faults:
+                cells.append(f"{fig.get('extra', {}).get('faults_per_op', 0):.0f}")
         body.append(cells[:1] + [_short_durability(results, system)] + cells[1:] if writes else cells)
     head = [
         "System",
         "MB/s" if unit == "MB/s" else "ops/s",
         "µs/op",
         "× floor time",
+        *([f"× {versus} time"] if versus else []),
         "Spread",
         "Peak RSS MiB",
+        *(["Page faults/op"] if faults else []),
     ]
     return _table(head[:1] + ["Durability"] + head[1:] if writes else head, body)
 
@@ -402,6 +414,7 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
         "Large values (read): no slower than the floor (≤ 1.05×, noise)", "large-read", "objstore", 1.05
     )
     ratio_at_most("Open a store, read one key, close: ≤ 2× the floor's time", "open", "objstore", 2.0)
+    out += issue9_targets(summary)
     probes = (results.get("memory") or {}).get("probes", {}).get("objstore")
     if probes:
         worst = max((r["anon_peak_over_idle_kb"] for w, r in probes.items() if w != "idle"), default=0) / 1024
@@ -423,6 +436,51 @@ def targets(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, 
             }
         )
     return out
+
+
+def issue9_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of issue 9: signed reads, one-copy large reads, zero-copy reads (None: not measured)."""
+
+    def versus(label: str, row: str, system: str, base: str, limit: float, unit: str) -> dict[str, Any]:
+        mine, theirs = _get(summary, row, system), _get(summary, row, base)
+        if mine is None or not theirs:
+            return {"target": label, "measured": None, "met": None}
+        return {"target": label, "measured": f"{mine / theirs:.2f}× {unit}", "met": mine <= limit * theirs}
+
+    return [
+        versus(
+            "Signed reads ≤ 1.3× plain objstore reads (small values)",
+            "modes-read",
+            "objstore-signed",
+            "objstore-off",
+            1.3,
+            "plain objstore's time",
+        ),
+        versus(
+            "1 MiB reads ≤ 0.5× the floor's time (read after reopening)",
+            "large-read",
+            "objstore",
+            "floor",
+            0.5,
+            "floor time",
+        ),
+        versus(
+            "1 MiB reads ≤ 0.5× the floor's time (read again)",
+            "large-reread",
+            "objstore",
+            "floor",
+            0.5,
+            "floor time",
+        ),
+        versus(
+            "64 MiB array in a zero-copy snapshot ≤ 5% of NumPy copying it",
+            "large-64mib",
+            "objstore",
+            "memcpy",
+            0.05,
+            "the copy's time",
+        ),
+    ]
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:
@@ -462,13 +520,9 @@ def results_markdown(results: dict[str, Any]) -> str:
                 done.add(r)
         elif name == "disk":
             parts.append(f"### {info['title']}\n\n{disk_table(results, summary)}")
-        elif name == "large":
-            for r in ("large-write", "large-read"):
-                if r in rows:
-                    parts.append(
-                        f"### {info['title']}: {r.split('-')[1]}\n\n" + ops_table(results, summary, r, "MB/s")
-                    )
-                    done.add(r)
+        elif name == "modes":
+            table = ops_table(results, summary, row, info["unit"], versus="objstore-off")
+            parts.append(f"### {info['title']}: {row.split('-')[1]}\n\n{table}")
         else:
             parts.append(f"### {info['title']}\n\n{ops_table(results, summary, row, info['unit'])}")
         done.add(row)

@@ -46,7 +46,9 @@ def run_suite(
         print(f"[{workload.name}] {workload.title}: {', '.join(names)}", file=log, flush=True)
         workload.prepare(ctx, [s for s in names if s not in PSEUDO_SYSTEMS])
         for row in workload.rows:
-            meta[row] = {"workload": workload.name, "title": workload.title, "unit": workload.unit}
+            info = workload.row_info.get(row, {})
+            title = f"{workload.title}: {info['subtitle']}" if "subtitle" in info else workload.title
+            meta[row] = {"workload": workload.name, "title": title, "unit": workload.unit, **info}
             rows.setdefault(row, {})
         for rep in range(cfg.repeats):
             order = list(names)

@@ -13,25 +13,28 @@ the timed part.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .adapters import Adapter, System
+from .adapters import Adapter, Objstore, System
 from .memory import PeakRss
 from .records import (
     ARRAY_BYTES,
+    ARRAY_ITEMS,
     VerificationError,
     check_array,
     check_items,
@@ -66,6 +69,7 @@ class Config:
     mixed_procs: tuple[int, ...]
     repeats: int
     memory_records: int  # 0: skip the 1,000,000-record memory probe
+    modes_records: int  # records read, and single writes, per measurement of the "modes" workload
     seed: int = 20240601
 
 
@@ -83,6 +87,7 @@ QUICK = Config(
     mixed_procs=(1, 2),
     repeats=3,
     memory_records=0,
+    modes_records=5_000,
 )
 
 FULL = Config(
@@ -99,6 +104,7 @@ FULL = Config(
     mixed_procs=(1, 4),
     repeats=5,
     memory_records=1_000_000,
+    modes_records=20_000,
 )
 
 
@@ -212,6 +218,9 @@ class Workload:
     rows: tuple[str, ...] = ()
     unit = "ops/s"  # how the report shows a row: ops/s, MB/s, µs/op or bytes/record
     systems: tuple[str, ...] = ()
+    #: Per row: "subtitle" (added to the title), "floor_row" (divide by the floor's figure in that
+    #: row instead), "floor_system" (divide by this system instead of each system's floor).
+    row_info: ClassVar[dict[str, dict[str, str]]] = {}
 
     def prepare(self, ctx: Context, systems: list[str]) -> None:
         """Build what the measurements need (untimed)."""
@@ -395,18 +404,58 @@ class DiskBytes(Workload):
         return {"disk": sample} if rep == 0 else {}
 
 
+HUGE_ITEMS = 64 * ARRAY_ITEMS  # the 64 MiB array of the zero-copy row
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def pin_allocator() -> bool:
+    """Make glibc's malloc reuse freed memory for every buffer below 32 MiB; False if not glibc.
+
+    By default glibc decides from the process's history whether a 1 MiB
+    buffer is new memory from the kernel (256 page faults, ~0.5-1 ms) or
+    reused heap: the same read measured 0.2 ms or 0.9 ms depending on what
+    ran before. Pinned (no mmap below 32 MiB, no trimming) and with 16 MiB of
+    heap touched once, no system's 1 MiB buffers fault. Buffers of 32 MiB and
+    more are always new memory (glibc's ceiling), for every system alike.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    pinned = bool(mallopt(M_MMAP_THRESHOLD, 32 << 20) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    warm = bytearray(b"\x01") * (16 << 20)
+    del warm
+    return pinned
+
+
 class LargeValues(Workload):
     """1 MiB float64 arrays, each written in its own transaction, then read back after reopening.
 
-    Arrays are checked with `check_array`, which accepts read-only views of a
-    shared buffer, so a later zero-copy or out-of-band read path is measured
-    as it is. The "memcpy" row is the speed such a path aims for: one copy of
-    each array into freshly allocated memory.
+    Each measurement runs in a forked child whose allocator is pinned
+    (`pin_allocator`): every system starts from the same heap and none pays
+    page faults for its buffers, so the rows compare copies and checks.
+    Rows: "large-read" reads each array once after reopening (LMDB's map is
+    new, the page cache warm; objstore's first large read of a handle copies
+    twice, then it reads in place); "large-reread" reads them all again with
+    the same handle; "large-read-zc" reads them in `snapshot(zero_copy=True)`
+    (divided by the floor's "large-read"); "large-64mib" reads one 64 MiB
+    array in a zero-copy snapshot, against the "memcpy" row's
+    ``ndarray.copy()`` of it. Arrays are checked with `check_array`, which
+    accepts read-only views. The "memcpy" row is one copy of each array.
     """
 
     name = "large"
     title = "Large values: 1 MiB NumPy float64 arrays"
-    rows = ("large-write", "large-read")
+    rows = ("large-write", "large-read", "large-reread", "large-read-zc", "large-64mib")
+    row_info: ClassVar[dict[str, dict[str, str]]] = {
+        "large-write": {"subtitle": "write"},
+        "large-read": {"subtitle": "read once after reopening"},
+        "large-reread": {"subtitle": "read again, same handle"},
+        "large-read-zc": {"subtitle": "read in snapshot(zero_copy=True)", "floor_row": "large-read"},
+        "large-64mib": {"subtitle": "one 64 MiB array, zero-copy snapshot vs copy", "floor_system": "memcpy"},
+    }
     unit = "MB/s"
     systems = (
         "memcpy",
@@ -423,43 +472,117 @@ class LargeValues(Workload):
     def arrays(self, ctx: Context) -> dict[str, np.ndarray]:
         if "arrays" not in ctx.cache:
             ctx.cache["arrays"] = {f"array:{i:04d}": make_array(i) for i in range(ctx.config.large_count)}
+            ctx.cache["huge"] = np.random.default_rng(64).random(HUGE_ITEMS)
         return ctx.cache["arrays"]  # type: ignore[no-any-return]
 
     def measure(self, ctx: Context, system: str, rep: int) -> dict[str, Sample]:
+        self.arrays(ctx)  # built here, shared with the child
+        (result,) = _fork_run(1, self._child, (self, ctx, system, rep))
+        if "error" in result:
+            raise RuntimeError(f"{system}: {result['error']}\n{result['trace']}")
+        return {row: Sample(**sample) for row, sample in result["rows"].items()}
+
+    @staticmethod
+    def _child(barrier: Any, index: int, arg: Any) -> dict[str, Any]:
+        workload, ctx, system, rep = arg
+        pinned = pin_allocator()
+        rows = workload.measure_here(ctx, system, rep)
+        for sample in rows.values():
+            sample.extra["allocator_pinned"] = pinned
+        return {"rows": {row: dataclasses.asdict(sample) for row, sample in rows.items()}}
+
+    def measure_here(self, ctx: Context, system: str, rep: int) -> dict[str, Sample]:
+        """The measurement itself, in this process."""
         arrays = self.arrays(ctx)
+        huge: np.ndarray = ctx.cache["huge"]
         keys = shuffled(arrays, ctx.config.seed + rep)
-        nbytes = len(keys) * ARRAY_BYTES
         if system == "memcpy":
-            total = 0.0
-            for key in keys:
-                t0 = perf_counter()
-                copy = arrays[key].copy()
-                total += perf_counter() - t0
-                check_array(key, copy, arrays[key], system)
-                del copy
-            sample = Sample(total, len(keys), nbytes)
-            return {"large-write": sample, "large-read": sample}
+            sample = _timed_copies([arrays[key] for key in keys], system).sample(ARRAY_BYTES)
+            copies = _timed_copies([huge] * HUGE_READS, system).sample(huge.nbytes)
+            return {
+                "large-write": sample,
+                "large-read": sample,
+                "large-reread": sample,
+                "large-64mib": copies,
+            }
         root = ctx.fresh("large", system)
         adapter = ctx.adapter(system, root)
         adapter.open(create=True)
         with measured() as peak_write:
             write = timed_writes(adapter.set, [(key, arrays[key]) for key in keys])
         adapter.reopen()
-        read = 0.0
-        get = adapter.get
         with measured() as peak_read:
-            for key in keys:
-                t0 = perf_counter()
-                value = get(key)
-                read += perf_counter() - t0
-                check_array(key, value, arrays[key], system)
-                del value
+            read = _timed_array_reads(adapter.get, keys, arrays, system)
+        out = {
+            "large-write": Sample(write, len(keys), len(keys) * ARRAY_BYTES, peak_kb=peak_write.kb),
+            "large-read": read.sample(ARRAY_BYTES, peak_read.kb),
+            "large-reread": _timed_array_reads(adapter.get, keys, arrays, system).sample(ARRAY_BYTES),
+        }
+        db = adapter.db if isinstance(adapter, Objstore) else None
+        if db is not None:
+            with db.snapshot(zero_copy=True) as snap:
+                out["large-read-zc"] = _timed_array_reads(snap.__getitem__, keys, arrays, system).sample(
+                    ARRAY_BYTES
+                )
+            if system == "objstore":
+                db["huge"] = huge
+                with db.snapshot(zero_copy=True) as snap:
+                    big = _timed_array_reads(snap.__getitem__, ["huge"] * HUGE_READS, {"huge": huge}, system)
+                out["large-64mib"] = big.sample(huge.nbytes)
         adapter.close()
         shutil.rmtree(root)
-        return {
-            "large-write": Sample(write, len(keys), nbytes, peak_kb=peak_write.kb),
-            "large-read": Sample(read, len(keys), nbytes, peak_kb=peak_read.kb),
-        }
+        return out
+
+
+HUGE_READS = 5  # reads (or copies) of the 64 MiB array per measurement
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed_copies(sources: list[np.ndarray], system: str) -> Timed:
+    """Time ``ndarray.copy()`` of each array (new memory, as a user's copy gets); check each copy."""
+    timed = Timed()
+    for source in sources:
+        f0, t0 = _minor_faults(), perf_counter()
+        copy = source.copy()
+        timed.add(perf_counter() - t0, _minor_faults() - f0)
+        check_array("copy", copy, source, system)
+        del copy
+    return timed
+
+
+def _timed_array_reads(
+    get: Callable[[str], Any], keys: list[str], arrays: dict[str, np.ndarray], system: str
+) -> Timed:
+    """Time ``get(key)`` for each key, one at a time; check each array and drop it before the next."""
+    timed = Timed()
+    for key in keys:
+        f0, t0 = _minor_faults(), perf_counter()
+        value = get(key)
+        timed.add(perf_counter() - t0, _minor_faults() - f0)
+        check_array(key, value, arrays[key], system)
+        del value
+    return timed
+
+
+@dataclass
+class Timed:
+    """Seconds and minor page faults summed over the timed calls of a large-value measurement."""
+
+    seconds: float = 0.0
+    faults: int = 0
+    count: int = 0
+
+    def add(self, seconds: float, faults: int) -> None:
+        self.seconds += seconds
+        self.faults += faults
+        self.count += 1
+
+    def sample(self, nbytes: int, peak_kb: int | None = None) -> Sample:
+        extra = {"faults_per_op": self.faults / self.count}
+        return Sample(self.seconds, self.count, self.count * nbytes, peak_kb=peak_kb, extra=extra)
 
 
 class OpenReadClose(Workload):
@@ -489,6 +612,61 @@ class OpenReadClose(Workload):
             seconds = perf_counter() - t0
         check_values(keys, values, data, system)
         return {"open": Sample(seconds, cycles, peak_kb=peak.kb)}
+
+
+MODES_PASSES = 5  # passes of random reads per "modes" measurement; the fastest counts
+
+
+class Modes(Workload):
+    """The serializer modes of issue 9 on small values, side by side: single writes, then random reads.
+
+    Every system runs without fsync (durability "off"; the floor: "floor-off"),
+    so a write's cost is objstore's own work, not the disk's. Each value is a
+    record with one more field, "link": the key itself as a ``str``, or, for
+    "objstore-ref", a `Ref` to it (stored as the key's name too). Small values
+    stay below `compress_above`, so "objstore-zlib" only decides not to
+    compress. Reads follow a reopen, as in the "read" workload, in
+    `MODES_PASSES` passes over every key; the fastest pass counts (the one
+    least disturbed by other work on the machine: the differences between
+    modes are a few µs, less than the noise of a shared machine).
+    """
+
+    name = "modes"
+    title = "Serializer modes on small values (no fsync)"
+    rows = ("modes-write", "modes-read")
+    systems = (
+        "floor-off",
+        "objstore-off",
+        "objstore-allow",
+        "objstore-signed",
+        "objstore-zlib",
+        "objstore-ref",
+    )
+
+    def measure(self, ctx: Context, system: str, rep: int) -> dict[str, Sample]:
+        root = ctx.fresh("modes", system)
+        adapter = ctx.adapter(system, root)
+        n = ctx.config.modes_records
+        adapter.open(create=True)
+        db = adapter.db if isinstance(adapter, Objstore) else None
+        link = db.ref if db is not None and system == "objstore-ref" else None
+        expected = {key: {**value, "link": link(key) if link else key} for key, value in ctx.data(n).items()}
+        pairs = [(key, expected[key]) for key in shuffled(expected, ctx.config.seed + rep)]
+        with measured() as peak_write:
+            write = timed_writes(adapter.set, pairs)
+        adapter.reopen()
+        keys = shuffled(expected, ctx.config.seed + rep + 1)
+        with measured() as peak_read:
+            read = min(
+                timed_reads(adapter.get, keys, lambda k, v: check_values(k, v, expected, system))
+                for _ in range(MODES_PASSES)
+            )
+        adapter.close()
+        shutil.rmtree(root)
+        return {
+            "modes-write": Sample(write, n, peak_kb=peak_write.kb),
+            "modes-read": Sample(read, n, peak_kb=peak_read.kb),
+        }
 
 
 # ----------------------------------------------------------- multi-process
@@ -738,6 +916,7 @@ def make_workloads(cfg: Config) -> list[Workload]:
         RandomReads(),
         Iteration(),
         LargeValues(),
+        Modes(),
         ConcurrentReaders(cfg.reader_procs),
         OpenReadClose(),
         Mixed(cfg.mixed_procs),
