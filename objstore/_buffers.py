@@ -28,7 +28,6 @@ zero-copy load, and never load a buffer it has not checked except then.
 
 from __future__ import annotations
 
-import io
 import pickle
 import struct
 from collections.abc import Callable, Sequence
@@ -88,7 +87,21 @@ class _TopLevel:
         return memoryview, (pickle.PickleBuffer(value),)
 
 
-def dump(value: Any, pickler: type[pickle.Pickler], protocol: int) -> tuple[io.BytesIO, list[memoryview]]:
+class Sink(bytearray):
+    """A bytearray that pickle can write to: where every record of objstore is built.
+
+    Not an ``io.BytesIO``: a view of a BytesIO's buffer (``getbuffer()``), once
+    it is part of a reference cycle (a traceback holding the frame that writes
+    the record is enough), crashes the garbage collector of Python 3.12.0 and
+    3.12.1 (CPython gh-111049). A view of a bytearray is collected safely, and
+    LMDB is handed it without a copy all the same.
+    """
+
+    __slots__ = ()
+    write = bytearray.extend
+
+
+def dump(value: Any, pickler: type[pickle.Pickler], protocol: int) -> tuple[Sink, list[memoryview]]:
     """Pickle `value` into a buffer; return it and the raw views of the buffers left out of band.
 
     Buffers of at least `THRESHOLD` bytes that are contiguous go out of band;
@@ -111,7 +124,7 @@ def dump(value: Any, pickler: type[pickle.Pickler], protocol: int) -> tuple[io.B
     if kind in (bytes, bytearray, memoryview) and memoryview(value).nbytes >= THRESHOLD:
         # pickle writes bytes and bytearray itself, never asking a reducer: as a buffer instead.
         value = pickle.PickleBuffer(value) if kind is bytearray else _TopLevel(value)
-    stream = io.BytesIO()
+    stream = Sink()
     pickler(stream, protocol, buffer_callback=callback).dump(value)
     return stream, oob
 
@@ -136,15 +149,14 @@ def _padding(offset: int) -> int:
     return -(offset + _MAP_OFFSET) % ALIGN
 
 
-def frame(stream: io.BytesIO, buffers: Sequence[memoryview], crc32: Crc) -> bytearray:
+def frame(stream: Sink, buffers: Sequence[memoryview], crc32: Crc) -> bytearray:
     """The kind 2 record of the pickle in `stream` with `buffers` out of band (one section, tag 2).
 
     The buffers are copied once, into the record, and hashed there, while the
     copy is still in the cache (hashing the source first would read it twice).
     """
-    with stream.getbuffer() as view:
-        pickle_end = len(view)
-    parts: list[Any] = [stream.getbuffer()]
+    pickle_end = len(stream)
+    parts: list[Any] = [stream]
     spans: list[tuple[int, int, int]] = []
     offset = pickle_end
     for buffer in buffers:

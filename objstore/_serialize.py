@@ -352,21 +352,18 @@ class Codec:
             if oob:
                 return memoryview(_buffers.frame(buffer, oob, crc32))
         else:
-            buffer = io.BytesIO()
+            buffer = _buffers.Sink()
             if self._serializer is not None:
                 buffer.write(self._serializer(value, self.protocol))
             else:
                 self._picklers.Pickler(buffer, self.protocol).dump(value)
-        if buffer.tell() > self._compress_above:
-            with buffer.getbuffer() as body:
-                compressed = self._compressed(body)
+        if len(buffer) > self._compress_above:
+            compressed = self._compressed(buffer)
             if compressed is not None:
                 return compressed
-        buffer.write(_KIND_BYTE)
-        with buffer.getbuffer() as body:
-            crc = crc32(body)
-        buffer.write(crc.to_bytes(4, "little"))
-        return buffer.getbuffer()
+        buffer += _KIND_BYTE
+        buffer += crc32(buffer).to_bytes(4, "little")
+        return memoryview(buffer)
 
     def _compressed(self, body: Any) -> bytes | None:
         """The kind 2 record of `body` (bytes-like) compressed; None if that is no smaller."""

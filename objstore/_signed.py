@@ -12,7 +12,6 @@ zero-copy views).
 from __future__ import annotations
 
 import hmac
-import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -187,13 +186,9 @@ def _signed(record: Record, key: str, keep_key: bool, signer: Signer) -> Record:
         crc: int = crc32(signed)  # typed here: without isal installed, mypy sees crc32 as Any
         return signed + crc.to_bytes(4, "little")
     # A large value is copied once, into a buffer LMDB is handed a view of (as in encode).
-    buffer = io.BytesIO()
-    for part in parts:
-        buffer.write(part)
-    with buffer.getbuffer() as written:
-        crc = crc32(written)
-    buffer.write(crc.to_bytes(4, "little"))
-    return buffer.getbuffer()
+    buffer = bytearray().join(parts)
+    buffer += crc32(buffer).to_bytes(4, "little")
+    return memoryview(buffer)
 
 
 def _signed_decoder(

@@ -21,6 +21,8 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -268,3 +270,66 @@ def test_growth_while_another_process_commits(path: Path, how: str) -> None:
             assert remote.call(how, "w", 200, 4000) == 200
             assert check_payloads(db, "w") == 200
             assert db["base"] == 1
+
+
+# ------------------------------------------------ garbage left by growth
+
+GROW_AND_COLLECT = """
+import gc, sys
+import objstore
+gc.disable()
+gc.set_debug(gc.DEBUG_SAVEALL)
+with objstore.open(sys.argv[1], map_size=64 * 1024) as db:
+    db.update({f"k{i:04d}": "v" * 1000 for i in range(200)})  # grows the map
+    for i in range(20):
+        db[f"big{i}"] = "v" * 100_000  # large records, written through a growth
+gc.collect()
+ours = [
+    f"{o.f_code.co_filename}:{o.f_code.co_name}"
+    for o in gc.garbage
+    if type(o).__name__ == "frame" and "objstore" in o.f_code.co_filename
+]
+print(ours)
+"""
+
+
+def test_growth_leaves_no_frames_in_cyclic_garbage(path: Path) -> None:
+    """Growing the map leaves no reference cycle holding objstore's frames and their locals.
+
+    Such a cycle (a scan of the threads' stacks that kept its own frame) held
+    the record being written until a garbage collection; on Python 3.12.0 and
+    3.12.1 collecting a record that is a view of an ``io.BytesIO`` crashed the
+    process (CPython gh-111049).
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", GROW_AND_COLLECT, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+IN_A_CYCLE = """
+import gc
+import objstore
+from objstore._serialize import Codec
+
+for value in ("v" * 100_000, bytes(1 << 17), [bytearray(1 << 17)]):
+    for codec in (Codec(), Codec(compression="zlib", compress_above=1 << 30)):
+        record = codec.encode(value, "k")
+        cycle = [record]
+        cycle.append(cycle)
+        del record, cycle
+        gc.collect()
+print("collected")
+"""
+
+
+def test_records_in_a_reference_cycle_are_collected_safely() -> None:
+    """A large value's record (a view of the buffer it was built in) can sit in a reference cycle.
+
+    A view of an ``io.BytesIO``'s buffer in a cycle crashed the garbage
+    collector of Python 3.12.0 and 3.12.1 (CPython gh-111049): records are
+    built in a bytearray instead.
+    """
+    done = subprocess.run([sys.executable, "-c", IN_A_CYCLE], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "collected"), done.stderr

@@ -360,18 +360,27 @@ class _Environment(MapGrowth, ForkHandling):
         could a count. A thread sees `closed` before it touches LMDB, so once
         none is inside, none will be.
         """
-        for thread, frame in sys._current_frames().items():
-            if thread == me:
-                continue
-            f: Any = frame
-            while f is not None:
-                if f.f_globals.get("__name__", "").startswith(__package__ or "objstore._storage"):
-                    for value in f.f_locals.values():
-                        # This environment, or a store handle or transaction on it.
-                        if value is self or getattr(value, "_environment", None) is self:
-                            return True
-                f = f.f_back
-        return False
+        frames: Any = sys._current_frames()
+        frame: Any = None
+        f: Any = None
+        value: Any = None
+        try:
+            for thread, frame in frames.items():
+                if thread == me:
+                    continue
+                f = frame
+                while f is not None:
+                    if f.f_globals.get("__name__", "").startswith(__package__ or "objstore._storage"):
+                        for value in f.f_locals.values():
+                            # This environment, or a store handle or transaction on it.
+                            if value is self or getattr(value, "_environment", None) is self:
+                                return True
+                    f = f.f_back
+            return False
+        finally:
+            # `frames` holds this very frame: left in it, this frame and every frame it was
+            # called from (with their locals) become cyclic garbage.
+            frames = frame = f = value = None
 
 
 def _check_size(env: lmdb.Environment, path: str) -> None:

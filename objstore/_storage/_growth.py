@@ -144,23 +144,32 @@ class MapGrowth:
         This thread being inside it (unpickling a value runs code that writes)
         raises `StoreError`: the remap would pull the record from under the unpickler.
         """
-        for thread, frame in sys._current_frames().items():
-            f: Any = frame
-            while f is not None:
-                # Only once it holds its view: before, it may be adopting a size itself.
-                if (
-                    f.f_code.co_name == "load"
-                    and f.f_locals.get("env") is self
-                    and isinstance(f.f_locals.get("record"), memoryview)
-                ):
-                    if thread == me:
-                        raise StoreError(
-                            f"cannot grow the store {self.path!r} while this thread is loading a value "
-                            "read from it (code run by unpickling wrote to it); write after the read"
-                        )
-                    return True
-                f = f.f_back
-        return False
+        frames: Any = sys._current_frames()
+        frame: Any = None
+        f: Any = None
+        try:
+            for thread, frame in frames.items():
+                f = frame
+                while f is not None:
+                    # Only once it holds its view: before, it may be adopting a size itself.
+                    if (
+                        f.f_code.co_name == "load"
+                        and f.f_locals.get("env") is self
+                        and isinstance(f.f_locals.get("record"), memoryview)
+                    ):
+                        if thread == me:
+                            raise StoreError(
+                                f"cannot grow the store {self.path!r} while this thread is loading "
+                                "a value read from it (code run by unpickling wrote to it); "
+                                "write after the read"
+                            )
+                        return True
+                    f = f.f_back
+            return False
+        finally:
+            # `frames` holds this very frame: left in it, this frame, the frames it was called
+            # from and their locals (the record being written) become cyclic garbage.
+            frames = frame = f = None
 
     def _set_mapsize(self, size: int, coordinate: bool) -> None:
         """Set the map size once no other thread's transaction is open (or the timeout passed).
