@@ -15,34 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import pytest
+from _stored import raw_records, section_tags
 
 import objstore
 
 SECRET = b"a combined-test secret, 32 bytes"
 BIG = {"rows": [{"name": f"user{i}", "email": f"user{i}@example.com"} for i in range(300)]}
-
-
-def raw(path: Path, key: str) -> bytes:
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=4)
-    try:
-        with env.begin() as txn:
-            record = txn.get(key.encode())
-    finally:
-        env.close()
-    assert record is not None
-    return bytes(record)
-
-
-def sections(record: bytes) -> list[int]:
-    """The section tags of a kind 2 record, last first (as docs/format.md reads them)."""
-    assert record[-5] == 2
-    end, tags = len(record) - 6, []
-    for _ in range(record[end]):
-        tags.append(record[end - 1])
-        end -= 5 + int.from_bytes(record[end - 5 : end - 1], "little")
-    return tags
 
 
 def test_signed_and_compressed(path: Path) -> None:
@@ -51,7 +30,10 @@ def test_signed_and_compressed(path: Path) -> None:
         db.update({"bulk": BIG})
         assert db["big"] == BIG and db["bulk"] == BIG
     for key in ("big", "bulk"):
-        assert sections(raw(path, key)) == [4, 3]  # the MAC last, over the compressed body
+        assert section_tags(raw_records(path)[key.encode()]) == [
+            4,
+            3,
+        ]  # the MAC last, over the compressed body
     with objstore.open(path, secret=SECRET) as db:  # read whatever the current setting
         assert db["big"] == BIG
         assert db.verify() == []
@@ -80,7 +62,7 @@ def test_references_compressed(path: Path) -> None:
         assert db["holder"]["to"]() == BIG
         with db.transaction() as txn:
             assert txn["holder"]["to"]() == BIG
-    assert sections(raw(path, "holder")) == [5, 3]
+    assert section_tags(raw_records(path)[b"holder"]) == [5, 3]
 
 
 def test_references_signed_and_compressed(path: Path) -> None:
@@ -88,7 +70,7 @@ def test_references_signed_and_compressed(path: Path) -> None:
         db["target"] = 1
         db["holder"] = [db.ref("target"), BIG]
         assert db["holder"][0]() == 1 and db["holder"][1] == BIG
-    assert sections(raw(path, "holder")) == [4, 5, 3]
+    assert section_tags(raw_records(path)[b"holder"]) == [4, 5, 3]
 
 
 class Payload:

@@ -28,23 +28,13 @@ from typing import Any
 
 import lmdb
 import pytest
+from _stored import raw_records
 
 import objstore
 from objstore import _serialize
 
 CODECS = {"zlib": 1, "zstd": 2}  # docs/format.md
 COMPRESSIBLE = {"rows": [{"name": f"user{i}", "email": f"user{i}@example.com"} for i in range(300)]}
-METADATA_KEY = b"\x00\xffobjstore"
-
-
-def raw_records(path: Path) -> dict[bytes, bytes]:
-    """Every record of the closed store at `path`, by LMDB key, read with plain lmdb."""
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=4)
-    try:
-        with env.begin() as txn:
-            return {bytes(k): bytes(v) for k, v in txn.cursor() if k != METADATA_KEY}
-    finally:
-        env.close()
 
 
 def sections(record: bytes) -> dict[int, bytes]:

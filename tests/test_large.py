@@ -27,6 +27,7 @@ from typing import Any
 import lmdb
 import pytest
 from _harness import fork_call, run_processes
+from _stored import section_tags
 from _tasks import TINY_MAP, grow_writer
 
 import objstore
@@ -50,16 +51,6 @@ def raw_record(path: Path, key: str) -> bytes:
             return bytes(record)
     finally:
         env.close()
-
-
-def tags(record: bytes) -> list[int]:
-    """The section tags of a kind 2 record, read as docs/format.md describes."""
-    assert record[-5] == 2
-    end, found = len(record) - 6, []
-    for _ in range(record[end]):
-        found.append(record[end - 1])
-        end -= 5 + int.from_bytes(record[end - 5 : end - 1], "little")
-    return found
 
 
 # ------------------------------------------------------------------ copies
@@ -103,7 +94,7 @@ def test_bytes_like_values(shelf: objstore.Shelf, path: Path, value: Any) -> Non
     if isinstance(value, memoryview):
         assert got.readonly == value.readonly
     shelf.close()
-    assert 2 in tags(raw_record(path, "v"))
+    assert 2 in section_tags(raw_record(path, "v"))
 
 
 def test_large_buffers_go_out_of_band_small_ones_stay(shelf: objstore.Shelf, path: Path) -> None:
@@ -111,7 +102,7 @@ def test_large_buffers_go_out_of_band_small_ones_stay(shelf: objstore.Shelf, pat
     shelf["small"] = np.arange(100.0)
     shelf["list"] = list(range(50_000))
     shelf.close()
-    assert tags(raw_record(path, "big")) == [2]
+    assert section_tags(raw_record(path, "big")) == [2]
     assert raw_record(path, "small")[-5] == 1
     assert raw_record(path, "list")[-5] == 1
 

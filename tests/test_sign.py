@@ -23,6 +23,7 @@ from typing import Any
 
 import lmdb
 import pytest
+from _stored import METADATA_KEY, raw_records
 
 import objstore
 from objstore._serialize import Codec
@@ -31,7 +32,6 @@ from objstore._signed import SignedCodec
 
 SECRET = b"a test secret of 32 bytes, ok!!!"
 OTHER = b"another secret, also long enough"
-META_KEY = b"\x00\xffobjstore"
 LONG = "L" * 700  # longer than LMDB's 511-byte keys: stored with its record holding the whole key
 
 
@@ -43,16 +43,6 @@ class Planted:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.mkdir, (self.marker,))
-
-
-def raw_records(store: Path) -> dict[bytes, bytes]:
-    """Every LMDB key and record of a closed store but the metadata, read with plain lmdb."""
-    env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=4)
-    try:
-        with env.begin() as txn:
-            return {bytes(k): bytes(v) for k, v in txn.cursor() if k != META_KEY}
-    finally:
-        env.close()
 
 
 def put_raw(store: Path, key: bytes, record: bytes) -> None:
@@ -367,8 +357,8 @@ def test_an_unknown_signature_algorithm_is_refused(path: Path) -> None:
         pass
     env = lmdb.open(str(path), max_dbs=4)
     with env.begin(write=True) as txn:
-        meta = bytes(txn.get(META_KEY))
-        txn.put(META_KEY, meta.replace(b"blake2b-256", b"future-mac"))
+        meta = bytes(txn.get(METADATA_KEY))
+        txn.put(METADATA_KEY, meta.replace(b"blake2b-256", b"future-mac"))
     env.close()
     with pytest.raises(objstore.UnsupportedFormatError, match="future-mac"):
         objstore.open(path, secret=SECRET)
@@ -425,9 +415,9 @@ def _rewrite_metadata(path: Path, change: Any) -> None:
     env = lmdb.open(str(path), max_dbs=4)
     try:
         with env.begin(write=True) as txn:
-            meta = json.loads(bytes(txn.get(META_KEY)))
+            meta = json.loads(bytes(txn.get(METADATA_KEY)))
             change(meta)
-            txn.put(META_KEY, json.dumps(meta, sort_keys=True).encode())
+            txn.put(METADATA_KEY, json.dumps(meta, sort_keys=True).encode())
     finally:
         env.close()
 
