@@ -152,6 +152,8 @@ SECTION_REFS = 5
 _KNOWN_SECTIONS = frozenset(
     {SECTION_KEY, _buffers.SECTION_BUFFERS, SECTION_COMPRESSION, SECTION_MAC, SECTION_REFS}
 )
+# The sections of a record `Codec.take` takes apart (a long key's record stays whole: its key is read there).
+_TAKEN_SECTIONS = _KNOWN_SECTIONS - {SECTION_KEY}
 _section_end = struct.Struct("<IB").pack  # payload length, tag
 _SECTION_END = 5
 _KIND_BYTE = bytes([KIND_PICKLE])
@@ -521,6 +523,13 @@ class Codec:
         see `decoder`); without one, such a record fails to load as pickle's
         loads does (no ``persistent_load``).
         """
+        taken: Any = record
+        if type(taken) is _buffers.Taken:  # taken out of the storage by `take`: checked already
+            try:
+                return self._load_buffers(taken.stream, taken.buffers)
+            except Exception as exc:
+                add_key_note(exc, key)
+                raise
         layout = _buffers.locate(record, crc32, CRC_RESIDUE)
         if layout is not None:
             return self._decode_buffers(record, key, layout, False)
@@ -560,6 +569,16 @@ class Codec:
         if not intact:
             raise _damaged(record, key)
         return value
+
+    def take(self, record: Any) -> Any:
+        """`record`, a view into the storage valid only during the call, copied out for `decode`.
+
+        A record with out-of-band buffers (and no key section) is taken as
+        its checked buffers, each copied once, and its pickle stream, which
+        `decode` loads later; any other record is copied whole. Runs no code
+        of the data, so the view is never read while such code runs.
+        """
+        return _buffers.take(record, crc32, CRC_RESIDUE, _TAKEN_SECTIONS)
 
     def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
         """`decoder(mapping)` for a zero-copy snapshot: out-of-band buffers come back as read-only views.
@@ -615,6 +634,10 @@ class SignedCodec(Codec):
         return _signed_decoder(
             self._signed_load, self.signer, self._decode_checked, self._unpicklers, self._stock, bound
         )
+
+    def take(self, record: Any) -> Any:
+        """`record` copied whole: a signed record is loaded only after its MAC is checked."""
+        return bytes(record)
 
     def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
         """`decoder(mapping)`: a signed store's values are never views, as every byte is checked."""

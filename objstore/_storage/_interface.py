@@ -40,8 +40,15 @@ class Source(Protocol):
         values: bool,
         after: bytes | None,
         limit: int = ...,
+        take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
-        """Up to `limit` keys (or (key, record) pairs) of [lo, hi) after `after`, in byte order."""
+        """Up to `limit` keys (or (key, record) pairs) of [lo, hi) after `after`, in byte order.
+
+        With `take`, a backend may hand a large record to it instead of
+        copying it: as a view valid only during the call, read inside the
+        transaction; the pair then holds what `take` returns. `take` must not
+        keep the view nor run code that uses the storage.
+        """
         ...
 
 

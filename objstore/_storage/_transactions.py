@@ -10,6 +10,7 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -17,6 +18,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import lmdb
@@ -47,11 +49,13 @@ class Host(Protocol):
     lmdb_env: lmdb.Environment | None
     data: Any
     writers: dict[int, WriteTxn]
+    _resizing: bool
 
     def register(self, txn: ReadTxn) -> None: ...
     def unregister(self, txn: ReadTxn) -> None: ...
     def recover(self, exc: BaseException, attempt: int, action: str) -> None: ...
     def wait_for_fork(self) -> None: ...
+    def wait_out_resize(self) -> None: ...
     def needs_room(self) -> bool: ...
     def grow(self) -> None: ...
     def empty(self, txn: Txn) -> None: ...
@@ -63,8 +67,11 @@ class ReadTxn:
 
     readonly = True
 
-    def __init__(self, environment: Host, zero_copy: bool = False) -> None:
+    def __init__(self, environment: Host, zero_copy: bool = False, in_place: bool = False) -> None:
         self._environment = environment
+        # Records read in place (a view into the map, read only inside `load`
+        # and `_load_batch`): a large value is copied once, not twice.
+        self.in_place = in_place and not zero_copy
         # A zero-copy snapshot: its large records are views into the map that
         # keep this transaction (and the map) alive while they live (`_Pin`).
         self.zero_copy = zero_copy
@@ -84,7 +91,8 @@ class ReadTxn:
         for attempt in range(_ATTEMPTS + 1):
             env.register(self)
             try:
-                self._txn = env.lmdb_env.begin(buffers=self.zero_copy)  # type: ignore[union-attr, call-overload]
+                buffers = self.zero_copy or self.in_place
+                self._txn = env.lmdb_env.begin(buffers=buffers)  # type: ignore[union-attr, call-overload]
                 self._db = env.data
                 return
             except Exception as exc:
@@ -159,11 +167,39 @@ class ReadTxn:
     def get(self, key: bytes) -> bytes | None:
         if self.zero_copy:
             return self._call(lambda txn: self._pinned(txn.get(key, db=self._db)), "read")  # type: ignore[no-any-return]
+        if self.in_place:
+            return self.load(key, _copied, "", None)
         return self._call(lambda txn: txn.get(key, db=self._db), "read")
 
     def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
-        record = self.get(key)
-        return absent if record is None else use(record, name)
+        """``use(record, name)``, as `Storage.load`; in place, `record` is a view valid during the call.
+
+        In place, the snapshot's pages cannot change under the view (a read
+        transaction keeps them), and map growth in this process waits for
+        this frame while `record` is a view (`MapGrowth._threads_viewing`):
+        it is bound to one before a resize under way is looked for.
+        """
+        record: Any
+        if not self.in_place:
+            record = self.get(key)
+            return absent if record is None else use(record, name)
+        env = self._environment
+        while True:
+            record = _VIEWING
+            if not env._resizing:
+                break
+            del record  # not viewing: the resize may pass this thread
+            env.wait_out_resize()
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        try:
+            return use(record, name)
+        except BaseException:
+            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
+            with contextlib.suppress(BufferError):
+                record.release()
+            raise
 
     def contains(self, key: bytes) -> bool:
         return self._call(lambda txn: _contains(txn, self._db, key), "read")
@@ -179,7 +215,23 @@ class ReadTxn:
         values: bool,
         after: bytes | None,
         limit: int = BATCH_ITEMS,
+        take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
+        if self.in_place:
+            env = self._environment
+            while True:
+                found = self._call(
+                    lambda txn: _load_batch(
+                        env,
+                        lambda: _batch(bytes_keys(txn), self._db, lo, hi, reverse, values, after, limit),
+                        values,
+                        take,
+                    ),
+                    "iterate",
+                )
+                if found is not None:
+                    return found
+                env.wait_out_resize()
         if not self.zero_copy:
             return self._call(
                 lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate"
@@ -217,7 +269,48 @@ class _KeysAsBytes:
         return ((bytes(key), record) for key, record in walk) if values else map(bytes, walk)
 
 
+def bytes_keys(txn: Any) -> Any:
+    """`txn` (a ``buffers=True`` transaction) as `_batch` takes it: its walks give keys as bytes."""
+    return _KeysAsBytes(txn)
+
+
 PIN_MIN = 1 << 16  # records at least this big are handed out as views in a zero-copy snapshot
+TAKE_MIN = 1 << 16  # records at least this big are handed to a batch's `take` when read in place
+# Bound to `record` in a `load` or `_load_batch` frame while it may read views
+# into the map: map growth in this process waits for such frames
+# (`MapGrowth._threads_viewing`), so it is bound before a resize is looked for.
+_VIEWING = memoryview(b"")
+_second = itemgetter(1)
+
+
+def _copied(record: Any, name: str) -> bytes:
+    return bytes(record)
+
+
+def _load_batch(
+    env: Host, walk: Callable[[], list[Any]], values: bool, take: Callable[[Any], Any] | None
+) -> list[Any] | None:
+    """``walk()``, a batch read in place, with every view copied; None if a resize is under way.
+
+    Records of `TAKE_MIN` bytes or more are handed to `take` (when given)
+    instead of being copied: it copies a large value's buffers once. Named
+    and laid out for `MapGrowth._threads_viewing`: `record` is a view from
+    before the first one is read until the last copy is made. With None,
+    nothing was read: the caller waits the resize out (or reads by copy).
+    """
+    record = _VIEWING
+    if env._resizing:
+        return None
+    batch = walk()  # keys come as bytes (`_KeysAsBytes`)
+    if not values:
+        return batch
+    views = list(map(_second, batch))
+    if take is None or not views or max(map(len, views)) < TAKE_MIN:
+        records = list(map(bytes, views))
+    else:
+        records = [bytes(view) if len(view) < TAKE_MIN else take(view) for view in views]
+    del views, record
+    return list(zip(map(itemgetter(0), batch), records, strict=True))
 
 
 class _Pin:
