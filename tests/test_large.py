@@ -324,7 +324,7 @@ def test_a_forked_child_drops_an_inherited_view_without_harm(path: Path) -> None
 
 
 def reads(db: objstore.Shelf) -> dict[str, Any]:
-    """Every way to read the large value "a" beside the small "b": by key and by iteration, in each mapping."""
+    """Every way to read the large value "a" beside "b": by key and by iteration, in each mapping."""
     found: dict[str, Any] = {}
     with db.snapshot() as snap:
         found["snapshot"] = snap["a"]
@@ -397,9 +397,17 @@ def test_large_reads_copy_once(path: Path) -> None:
         def iterated() -> Any:
             return dict(db.items())["a"]
 
+        def in_transaction() -> Any:
+            with db.transaction() as txn:
+                return txn["a"]
+
+        def iterated_in_transaction() -> Any:
+            with db.transaction() as txn:
+                return next(iter(txn.values()))
+
         # NumPy and Python report their allocations to tracemalloc: one copy
         # is 1x the array, a copy of the record first would make it 2x.
-        for read in (in_snapshot, iterated_in_snapshot, iterated):
+        for read in (in_snapshot, iterated_in_snapshot, iterated, in_transaction, iterated_in_transaction):
             assert peak_ratio(read, size) < 1.5, read.__name__
 
 
@@ -446,3 +454,36 @@ def test_reads_in_snapshots_and_iteration_while_another_thread_grows_the_map(pat
             reader.join(30)
         assert not reader.is_alive() and errors == []
         assert db.info()["map_size"] >= before * 16 and rounds[0] > 0
+
+
+class Rewriter:
+    """Holds an array; unpickling it overwrites and deletes keys of `Rewriter.shelf` (in its transaction)."""
+
+    shelf: Any = None
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for i in range(8):  # frees and reuses the pages of records written in this transaction
+            Rewriter.shelf["r"] = array(20 + i)
+            Rewriter.shelf[f"x{i}"] = array(30 + i, n=MIB // 16)
+            del Rewriter.shelf[f"x{i}"]
+
+
+def test_unpickling_may_write_in_the_transaction_it_reads_in(shelf: objstore.Shelf) -> None:
+    shelf["warm"] = array()
+    assert (shelf["warm"] == array()).all()  # reads in place from now on
+    try:
+        with shelf.transaction() as txn:
+            Rewriter.shelf = txn
+            txn["r"] = Rewriter(array(17))  # in pages this transaction wrote
+            got = txn["r"]
+            assert (got.data == array(17)).all() and (txn["r"] == array(27)).all()
+            txn["r"] = Rewriter(array(18))
+            got = dict(txn.items())["r"]
+            assert (got.data == array(18)).all() and (txn["r"] == array(27)).all()
+        assert (shelf["r"] == array(27)).all()
+    finally:
+        Rewriter.shelf = None

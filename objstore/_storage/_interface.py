@@ -75,8 +75,13 @@ class Writable(Source, Protocol):
         """Remove every key (the metadata stays)."""
         ...
 
-    def write(self) -> AbstractContextManager[WriteTransaction]:
-        """A write transaction (joined, as a savepoint, if this thread already holds one)."""
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTransaction]:
+        """A write transaction (joined, as a savepoint, if this thread already holds one).
+
+        With `take`, its reads (``load``, ``get``) may hand a large record to it
+        instead of copying it, as `Source.batch` does; savepoints keep their
+        transaction's.
+        """
         ...
 
 

@@ -245,15 +245,21 @@ class Store:
         txn._begin()
         return txn
 
-    def _write_txn(self, blind: bool, action: str) -> AbstractContextManager[WriteTxn]:
+    def _write_txn(
+        self, blind: bool, action: str, take: Callable[[Any], Any] | None = None
+    ) -> AbstractContextManager[WriteTxn]:
         if self.readonly:
             raise _read_only(self.path, action)
         self._environment.ensure_open(action)
-        return _transaction(self._environment, self._joined(), blind)
+        return _transaction(self._environment, self._joined(), blind, take, self._in_place)
 
-    def write(self) -> AbstractContextManager[WriteTxn]:
-        """Context manager: a write transaction (a savepoint if this thread already holds one)."""
-        return self._write_txn(blind=False, action="begin a transaction")
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a write transaction (a savepoint if this thread already holds one).
+
+        With `take` (and once this handle reads in place), its reads hand each
+        large record to `take` as a view, to copy it out, as `batch` does.
+        """
+        return self._write_txn(blind=False, action="begin a transaction", take=take)
 
     # -- lifecycle
 

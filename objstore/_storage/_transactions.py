@@ -222,7 +222,7 @@ class ReadTxn:
             while True:
                 found = self._call(
                     lambda txn: _load_batch(
-                        env,
+                        env if self.readonly else None,
                         lambda: _batch(bytes_keys(txn), self._db, lo, hi, reverse, values, after, limit),
                         values,
                         take,
@@ -288,7 +288,7 @@ def _copied(record: Any, name: str) -> bytes:
 
 
 def _load_batch(
-    env: Host, walk: Callable[[], list[Any]], values: bool, take: Callable[[Any], Any] | None
+    env: Host | None, walk: Callable[[], list[Any]], values: bool, take: Callable[[Any], Any] | None
 ) -> list[Any] | None:
     """``walk()``, a batch read in place, with every view copied; None if a resize is under way.
 
@@ -297,9 +297,11 @@ def _load_batch(
     and laid out for `MapGrowth._threads_viewing`: `record` is a view from
     before the first one is read until the last copy is made. With None,
     nothing was read: the caller waits the resize out (or reads by copy).
+    `env` None: a write transaction's batch, which no resize can pass (LMDB
+    refuses to remap while a write transaction is open).
     """
     record = _VIEWING
-    if env._resizing:
+    if env is not None and env._resizing:
         return None
     batch = walk()  # keys come as bytes (`_KeysAsBytes`)
     if not values:
@@ -393,10 +395,25 @@ class WriteTxn(ReadTxn):
 
     readonly = False
 
-    def __init__(self, environment: Host, parent: WriteTxn | None, blind: bool) -> None:
+    def __init__(
+        self,
+        environment: Host,
+        parent: WriteTxn | None,
+        blind: bool,
+        take: Callable[[Any], Any] | None = None,
+        in_place: bool = False,
+    ) -> None:
         super().__init__(environment)
         self.parent = parent
         self.blind = blind
+        # What `load` hands a large record to, as a view, to copy it out (a codec's
+        # `take`): savepoints keep their parent's. In place only with it: no code of
+        # the data may run while a view is read, as a write of this transaction
+        # can change or free the pages it shows.
+        if parent is not None:
+            take, in_place = parent.take, parent.in_place
+        self.take: Callable[[Any], Any] | None = take
+        self.in_place = in_place and take is not None
         # Changes made at this level, in order, as (keys, records) runs; a record
         # None deletes its key, a key None empties the store.
         self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
@@ -418,7 +435,7 @@ class WriteTxn(ReadTxn):
             for attempt in range(_ATTEMPTS + 1):
                 env.register(self)
                 try:
-                    txn = env.lmdb_env.begin(write=True)  # type: ignore[union-attr]
+                    txn = env.lmdb_env.begin(write=True, buffers=self.in_place)  # type: ignore[union-attr, call-overload]
                 except Exception as exc:
                     env.unregister(self)
                     env.recover(exc, attempt, "begin a transaction")
@@ -440,7 +457,7 @@ class WriteTxn(ReadTxn):
             self._id = txn.id()
         else:
             try:
-                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn)  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, buffers=self.in_place)  # type: ignore[union-attr, call-overload]
             except BackendError as exc:
                 raise self._error(exc, "begin a savepoint") from exc
         self._db = env.data
@@ -499,6 +516,31 @@ class WriteTxn(ReadTxn):
     def end(self) -> None:
         self.abort()
 
+    # -- reads in place: views of this transaction's own pages, which its writes change
+
+    def get(self, key: bytes) -> bytes | None:
+        if not self.in_place:
+            return super().get(key)
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        # Copied at once: nothing can run in between that writes, and while this
+        # transaction is open no other thread can remap the map (LMDB refuses).
+        return None if record is None else bytes(record)
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)``, as `Storage.load`; a large record is first copied out by `take`.
+
+        `use` runs after the view is gone: it may write in this transaction.
+        """
+        if not self.in_place:
+            return super().load(key, use, name, absent)
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        take = self.take
+        copied = bytes(record) if len(record) < TAKE_MIN or take is None else take(record)
+        del record
+        return use(copied, name)
+
     def written(self) -> list[bytes | None]:
         """The keys written so far at this level (committed savepoints included); None for a clear()."""
         return [key for keys, _ in self._log for key in keys]
@@ -556,7 +598,7 @@ class WriteTxn(ReadTxn):
             )
         for level in stack:
             if level is not root:
-                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn)  # type: ignore[union-attr]
+                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, buffers=level.in_place)  # type: ignore[union-attr, call-overload]
             txn = level._txn
             assert txn is not None
             for keys, make_records in level._log:
@@ -598,6 +640,8 @@ class WriteTxn(ReadTxn):
 
     def put_new(self, key: bytes, value: Value) -> bytes | None:
         existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
+        if existing is not None and self.in_place:
+            existing = bytes(existing)  # a view: copied before anything can write
         if existing is None:
             self._log.append(((key,), lambda: (value,)))
         return existing
@@ -628,17 +672,23 @@ class WriteTxn(ReadTxn):
         self._write(self._environment.empty, "empty the store")
         self._log.append(((None,), lambda: (None,)))
 
-    def write(self) -> AbstractContextManager[WriteTxn]:
-        """Context manager: a savepoint inside this transaction."""
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a savepoint inside this transaction (which reads as it does: `take` unused)."""
         self._check_thread()
         self._live()
         return _transaction(self._environment, self, blind=False)
 
 
 @contextmanager
-def _transaction(environment: Host, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
+def _transaction(
+    environment: Host,
+    parent: WriteTxn | None,
+    blind: bool,
+    take: Callable[[Any], Any] | None = None,
+    in_place: bool = False,
+) -> Iterator[WriteTxn]:
     """Commit on normal exit, roll back (and re-raise) on an exception."""
-    txn = WriteTxn(environment, parent, blind)
+    txn = WriteTxn(environment, parent, blind, take, in_place)
     try:
         txn._begin()
         yield txn
