@@ -16,7 +16,7 @@ from .._errors import ReadOnlyError
 from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._environment import REGISTRY
 from ._errors import BackendError, translate
-from ._transactions import ReadTxn, WriteTxn, _load_batch, _transaction, bytes_keys
+from ._transactions import LARGE_BATCH, InPlaceReadTxn, ReadTxn, WriteTxn, _load_batch, _transaction
 
 if TYPE_CHECKING:
     from ._common import Txn
@@ -191,13 +191,13 @@ class Store:
         if joined is not None:
             return joined.batch(lo, hi, reverse, values, after, limit, take)
         env = self._environment
-        if take is not None and self._in_place:
+        if take is not None and self._in_place and limit <= LARGE_BATCH:
             # Read in place, as `load`: each large record handed to `take` as a view (one copy).
             try:
-                txn = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
+                txn: Any = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
                 found = _load_batch(
                     env,
-                    lambda: _batch(bytes_keys(txn), env.data, lo, hi, reverse, values, after, limit),
+                    lambda: _batch(txn, env.data, lo, hi, reverse, values, after, limit, True),
                     values,
                     take,
                 )
@@ -241,7 +241,8 @@ class Store:
     def read(self, zero_copy: bool = False) -> ReadTxn:
         """Begin a snapshot (`zero_copy`: see `ReadTxn`); the caller must `end()` it."""
         self._environment.ensure_open("open a snapshot")
-        txn = ReadTxn(self._environment, zero_copy, self._in_place)
+        # In place once this handle has met a large record, as `load`.
+        txn = (InPlaceReadTxn if self._in_place and not zero_copy else ReadTxn)(self._environment, zero_copy)
         txn._begin()
         return txn
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import lmdb
 
 from .._errors import ConflictError, TransactionError
-from ._common import _ATTEMPTS, BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
+from ._common import _ATTEMPTS, BATCH_BYTES, BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._errors import (
     CLOSED_UNDER_TXN,
     STORE_CLOSED_MEANWHILE,
@@ -66,12 +66,14 @@ class ReadTxn:
     """A read transaction held open by the caller: one consistent snapshot of the store."""
 
     readonly = True
+    # A transaction on the same snapshot that copies records (`InPlaceReadTxn`).
+    _copying: Txn | None = None
+    # Whether records are read in place: views into the map, read only inside
+    # `load` and `_load_batch` (`InPlaceReadTxn`, `InPlaceWriteTxn`).
+    in_place = False
 
-    def __init__(self, environment: Host, zero_copy: bool = False, in_place: bool = False) -> None:
+    def __init__(self, environment: Host, zero_copy: bool = False) -> None:
         self._environment = environment
-        # Records read in place (a view into the map, read only inside `load`
-        # and `_load_batch`): a large value is copied once, not twice.
-        self.in_place = in_place and not zero_copy
         # A zero-copy snapshot: its large records are views into the map that
         # keep this transaction (and the map) alive while they live (`_Pin`).
         self.zero_copy = zero_copy
@@ -167,39 +169,11 @@ class ReadTxn:
     def get(self, key: bytes) -> bytes | None:
         if self.zero_copy:
             return self._call(lambda txn: self._pinned(txn.get(key, db=self._db)), "read")  # type: ignore[no-any-return]
-        if self.in_place:
-            return self.load(key, _copied, "", None)
         return self._call(lambda txn: txn.get(key, db=self._db), "read")
 
     def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
-        """``use(record, name)``, as `Storage.load`; in place, `record` is a view valid during the call.
-
-        In place, the snapshot's pages cannot change under the view (a read
-        transaction keeps them), and map growth in this process waits for
-        this frame while `record` is a view (`MapGrowth._threads_viewing`):
-        it is bound to one before a resize under way is looked for.
-        """
-        record: Any
-        if not self.in_place:
-            record = self.get(key)
-            return absent if record is None else use(record, name)
-        env = self._environment
-        while True:
-            record = _VIEWING
-            if not env._resizing:
-                break
-            del record  # not viewing: the resize may pass this thread
-            env.wait_out_resize()
-        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
-        if record is None:
-            return absent
-        try:
-            return use(record, name)
-        except BaseException:
-            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
-            with contextlib.suppress(BufferError):
-                record.release()
-            raise
+        record = self.get(key)
+        return absent if record is None else use(record, name)
 
     def contains(self, key: bytes) -> bool:
         return self._call(lambda txn: _contains(txn, self._db, key), "read")
@@ -217,13 +191,19 @@ class ReadTxn:
         limit: int = BATCH_ITEMS,
         take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
+        copying = self._copying
+        if copying is not None and (take is None or limit > LARGE_BATCH):
+            # Small records: a view costs more than a copy, so they are read by copy.
+            return self._call(
+                lambda txn: _batch(copying, self._db, lo, hi, reverse, values, after, limit), "iterate"
+            )
         if self.in_place:
             env = self._environment
             while True:
                 found = self._call(
                     lambda txn: _load_batch(
                         env if self.readonly else None,
-                        lambda: _batch(bytes_keys(txn), self._db, lo, hi, reverse, values, after, limit),
+                        lambda: _batch(txn, self._db, lo, hi, reverse, values, after, limit, True),
                         values,
                         take,
                     ),
@@ -241,6 +221,66 @@ class ReadTxn:
             lambda txn: _batch(keys_as_bytes(txn), self._db, lo, hi, reverse, values, after, limit), "iterate"
         )
         return [(key, self._pinned(record)) for key, record in batch] if values else batch
+
+
+class InPlaceReadTxn(ReadTxn):
+    """A snapshot that reads records in place: a large value is copied once, not twice.
+
+    A view costs more than a copy for a small record, so a store begins
+    these only once it has met a large record (see `Store.load`), and its
+    batches of small records are read by copy, from a second transaction on
+    the same snapshot (same id), when it could begin one.
+    """
+
+    in_place = True
+
+    def _begin(self) -> None:
+        super()._begin()
+        txn = self._txn
+        try:
+            copying = self._environment.lmdb_env.begin()  # type: ignore[union-attr]
+        except Exception:  # growth, a resize: batches are read in place instead
+            return
+        if txn is not None and copying.id() == txn.id():
+            self._copying = copying
+
+    def forget(self) -> None:
+        self._copying = None
+        super().forget()
+
+    def end(self) -> None:
+        self._copying = None
+        super().end()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.load(key, _copied, "", None)
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)``, as `Storage.load`: `record` is a view valid during the call.
+
+        The snapshot's pages cannot change under the view (a read transaction
+        keeps them), and map growth in this process waits for this frame while
+        `record` is a view (`MapGrowth._threads_viewing`): it is bound to one
+        before a resize under way is looked for.
+        """
+        env = self._environment
+        record: Any
+        while True:
+            record = _VIEWING
+            if not env._resizing:
+                break
+            del record  # not viewing: the resize may pass this thread
+            env.wait_out_resize()
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        try:
+            return use(record, name)
+        except BaseException:
+            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
+            with contextlib.suppress(BufferError):
+                record.release()
+            raise
 
 
 class _KeysAsBytes:
@@ -269,13 +309,12 @@ class _KeysAsBytes:
         return ((bytes(key), record) for key, record in walk) if values else map(bytes, walk)
 
 
-def bytes_keys(txn: Any) -> Any:
-    """`txn` (a ``buffers=True`` transaction) as `_batch` takes it: its walks give keys as bytes."""
-    return _KeysAsBytes(txn)
-
-
 PIN_MIN = 1 << 16  # records at least this big are handed out as views in a zero-copy snapshot
 TAKE_MIN = 1 << 16  # records at least this big are handed to a batch's `take` when read in place
+# Batches of at most this many records are read in place (with `take`); the
+# shelf asks for so few only when its records average `TAKE_MIN` or more
+# (BATCH_BYTES / TAKE_MIN), or for the first batch of an iteration.
+LARGE_BATCH = BATCH_BYTES // TAKE_MIN
 # Bound to `record` in a `load` or `_load_batch` frame while it may read views
 # into the map: map growth in this process waits for such frames
 # (`MapGrowth._threads_viewing`), so it is bound before a resize is looked for.
@@ -303,7 +342,7 @@ def _load_batch(
     record = _VIEWING
     if env is not None and env._resizing:
         return None
-    batch = walk()  # keys come as bytes (`_KeysAsBytes`)
+    batch = walk()  # keys come as bytes (`_batch` with views)
     if not values:
         return batch
     views = list(map(_second, batch))
@@ -401,19 +440,13 @@ class WriteTxn(ReadTxn):
         parent: WriteTxn | None,
         blind: bool,
         take: Callable[[Any], Any] | None = None,
-        in_place: bool = False,
     ) -> None:
         super().__init__(environment)
         self.parent = parent
         self.blind = blind
-        # What `load` hands a large record to, as a view, to copy it out (a codec's
-        # `take`): savepoints keep their parent's. In place only with it: no code of
-        # the data may run while a view is read, as a write of this transaction
-        # can change or free the pages it shows.
-        if parent is not None:
-            take, in_place = parent.take, parent.in_place
-        self.take: Callable[[Any], Any] | None = take
-        self.in_place = in_place and take is not None
+        # What an `InPlaceWriteTxn` hands a large record to, as a view, to copy it
+        # out (a codec's `take`); savepoints keep their parent's.
+        self.take: Callable[[Any], Any] | None = take if parent is None else parent.take
         # Changes made at this level, in order, as (keys, records) runs; a record
         # None deletes its key, a key None empties the store.
         self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
@@ -515,31 +548,6 @@ class WriteTxn(ReadTxn):
 
     def end(self) -> None:
         self.abort()
-
-    # -- reads in place: views of this transaction's own pages, which its writes change
-
-    def get(self, key: bytes) -> bytes | None:
-        if not self.in_place:
-            return super().get(key)
-        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
-        # Copied at once: nothing can run in between that writes, and while this
-        # transaction is open no other thread can remap the map (LMDB refuses).
-        return None if record is None else bytes(record)
-
-    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
-        """``use(record, name)``, as `Storage.load`; a large record is first copied out by `take`.
-
-        `use` runs after the view is gone: it may write in this transaction.
-        """
-        if not self.in_place:
-            return super().load(key, use, name, absent)
-        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
-        if record is None:
-            return absent
-        take = self.take
-        copied = bytes(record) if len(record) < TAKE_MIN or take is None else take(record)
-        del record
-        return use(copied, name)
 
     def written(self) -> list[bytes | None]:
         """The keys written so far at this level (committed savepoints included); None for a clear()."""
@@ -679,6 +687,37 @@ class WriteTxn(ReadTxn):
         return _transaction(self._environment, self, blind=False)
 
 
+class InPlaceWriteTxn(WriteTxn):
+    """A write transaction that reads records in place, for a store that has met a large record.
+
+    Its views show its own pages, which its writes change or free: each is
+    copied (a large record by `take`, one copy of its buffers) before any
+    code of the data runs. No other thread can remap the map meanwhile:
+    LMDB refuses while a write transaction is open.
+    """
+
+    in_place = True
+
+    def get(self, key: bytes) -> bytes | None:
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        # Copied at once: nothing can run in between that writes, and while this
+        # transaction is open no other thread can remap the map (LMDB refuses).
+        return None if record is None else bytes(record)
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)``, as `Storage.load`; a large record is first copied out by `take`.
+
+        `use` runs after the view is gone: it may write in this transaction.
+        """
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        take = self.take
+        copied = bytes(record) if len(record) < TAKE_MIN or take is None else take(record)
+        del record
+        return use(copied, name)
+
+
 @contextmanager
 def _transaction(
     environment: Host,
@@ -687,8 +726,12 @@ def _transaction(
     take: Callable[[Any], Any] | None = None,
     in_place: bool = False,
 ) -> Iterator[WriteTxn]:
-    """Commit on normal exit, roll back (and re-raise) on an exception."""
-    txn = WriteTxn(environment, parent, blind, take, in_place)
+    """Commit on normal exit, roll back (and re-raise) on an exception.
+
+    `in_place` with `take`: an `InPlaceWriteTxn` (savepoints read as their parent does).
+    """
+    in_place = parent.in_place if parent is not None else in_place and take is not None
+    txn = (InPlaceWriteTxn if in_place else WriteTxn)(environment, parent, blind, take)
     try:
         txn._begin()
         yield txn
