@@ -144,7 +144,7 @@ class MapGrowth:
         return txn.thread != me and txn.thread not in self._waiting and not txn._done
 
     def _threads_viewing(self, me: int) -> bool:
-        """Whether another thread is inside ``Store.load``, using a view into the map.
+        """Whether another thread is in a `_VIEWING_FRAMES` frame (``Store.load``...) using a view of the map.
 
         This thread being inside it (unpickling a value runs code that writes)
         raises `StoreError`: the remap would pull the record from under the unpickler.
