@@ -487,3 +487,18 @@ def test_unpickling_may_write_in_the_transaction_it_reads_in(shelf: objstore.She
         assert (shelf["r"] == array(27)).all()
     finally:
         Rewriter.shelf = None
+
+
+def test_a_snapshot_read_in_place_sees_one_version(shelf: objstore.Shelf) -> None:
+    shelf["a"] = array(19)
+    assert (shelf["a"] == array(19)).all()  # snapshots are read in place from now on
+    shelf.update({f"s{i:04d}": i for i in range(3000)})  # long batches: read by copy
+    with shelf.snapshot() as snap:
+        shelf["a"] = array(20)
+        shelf.update({f"s{i:04d}": -i for i in range(3000)})
+        shelf["t"] = 1
+        assert (snap["a"] == array(19)).all() and snap["s0005"] == 5 and "t" not in snap
+        seen = dict(snap.items())
+        assert (seen.pop("a") == array(19)).all()
+        assert seen == {f"s{i:04d}": i for i in range(3000)}
+    assert (shelf["a"] == array(20)).all() and shelf["s0005"] == -5
