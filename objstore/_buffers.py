@@ -42,6 +42,7 @@ __all__ = [
     "THRESHOLD",
     "Large",
     "Layout",
+    "Taken",
     "add_section",
     "as_bytes",
     "dump",
@@ -50,6 +51,7 @@ __all__ = [
     "load",
     "locate",
     "spot",
+    "take",
 ]
 
 SECTION_BUFFERS = 2
@@ -284,15 +286,67 @@ def load(record: Any, layout: Layout, loads: Callable[..., Any], zero_copy: bool
     costs a copy's time); the rest of the record was.
     """
     view = memoryview(record)
-    buffers: list[Any] = []
+    buffers: list[Any] | None
     if zero_copy:
         buffers = [view[o : o + n].toreadonly() for o, n, _ in layout.buffers]
     else:
-        if layout.check != CHECK_XXH3:
+        buffers = _copies(view, layout)
+        if buffers is None:
             return False, None
-        for offset, length, expected in layout.buffers:
-            copy = bytearray(view[offset : offset + length])
-            if xxh3_64_intdigest(copy) != expected:
-                return False, None
-            buffers.append(copy)
     return True, loads(view, buffers=buffers)
+
+
+def _copies(view: memoryview, layout: Layout) -> list[Any] | None:
+    """Each buffer of `view` copied into a ``bytearray`` and checked there; None if one is damaged."""
+    if layout.check != CHECK_XXH3:
+        return None
+    buffers: list[Any] = []
+    for offset, length, expected in layout.buffers:
+        copy = bytearray(view[offset : offset + length])
+        if xxh3_64_intdigest(copy) != expected:
+            return None
+        buffers.append(copy)
+    return buffers
+
+
+class Taken:
+    """A record with out-of-band buffers, taken out of the storage: its pickle stream and checked copies.
+
+    Made by `take` inside a read, loaded after it (`_serialize`), so that no
+    unpickling runs while the read holds a view into the storage. It reads as
+    a kind 2 record (its byte at -5, all a decoder's fast path looks at), and
+    its length is that of the record's stream and buffers (what a batch weighs).
+    """
+
+    __slots__ = ("buffers", "size", "stream")
+
+    def __init__(self, stream: bytes, buffers: list[Any]) -> None:
+        self.stream = stream
+        self.buffers = buffers
+        self.size = len(stream) + sum(map(len, buffers))
+
+    def __getitem__(self, index: int) -> int:
+        if index != -_TRAILER:
+            raise TypeError("a taken record is read only by its codec")
+        return _KIND_SECTIONS
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def take(record: Any, crc32: Crc, residue: int, sections: frozenset[int]) -> Any:
+    """`record` (a view valid only during the call) copied out of the storage, to be loaded later.
+
+    A `Taken` if it holds out-of-band buffers, passes its checks and holds
+    only `sections`: each buffer copied once (and checked), and the pickle
+    stream. Any other record is copied whole (``bytes``): its decoder loads
+    it, or says what is wrong with it, as usual. Runs no code of the data.
+    """
+    layout = locate(record, crc32, residue)
+    if layout is None or not layout.sections.keys() <= sections:
+        return bytes(record)
+    view = memoryview(record)
+    buffers = _copies(view, layout)
+    if buffers is None:
+        return bytes(record)  # damaged: decoding the whole record raises CorruptError
+    return Taken(bytes(view[: layout.sections[SECTION_BUFFERS][0]]), buffers)

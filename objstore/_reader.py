@@ -207,20 +207,26 @@ class _Reader(Mapping[str, Any]):
     # -- ordered access
 
     def _batches(
-        self, lo: bytes | None, hi: bytes | None, reverse: bool, values: bool
+        self,
+        lo: bytes | None,
+        hi: bytes | None,
+        reverse: bool,
+        values: bool,
+        take: Callable[[Any], Any] | None = None,
     ) -> Iterator[list[Any]]:
         """Batches of keys (or of (key, record) pairs) of [lo, hi), in order.
 
         Each batch is read in its own short transaction and the next resumes
         after its last key: no transaction stays open while the caller's loop
-        runs. Batches of records are sized to hold about BATCH_BYTES.
+        runs. Batches of records are sized to hold about BATCH_BYTES. With
+        `take` (the codec's), the storage may hand it large records to copy out.
         """
         after = None
         limit = BATCH_ITEMS if not values else 16
         live, token = self._live_batches, object()
         try:
             while True:
-                batch = self._source.batch(lo, hi, reverse, values, after, limit)
+                batch = self._source.batch(lo, hi, reverse, values, after, limit, take)
                 live[id(token)] = batch
                 # Read before the caller resumes: another thread's close() empties the batch.
                 full = len(batch) >= limit
@@ -329,8 +335,11 @@ class _Reader(Mapping[str, Any]):
         writeback = self._writeback
         decode = self._decode if writeback is None else writeback.decoder(self)
         batch_loader = self._codec.batch_loader if writeback is None else None
+        # Large records taken out of the storage with one copy of their buffers
+        # (not under writeback, which keeps the records it read).
+        take = self._codec.take if writeback is None else None
         first, second = itemgetter(0), itemgetter(1)
-        for batch in self._batches(lo, hi, reverse, values=True):
+        for batch in self._batches(lo, hi, reverse, values=True, take=take):
             if check is None:
                 try:
                     keys = list(map(bytes.decode, map(first, batch)))
@@ -355,7 +364,9 @@ class _Reader(Mapping[str, Any]):
                 try:
                     key = raw_key.decode()
                 except UnicodeDecodeError:
-                    key = self._key_of(raw_key, record)
+                    # A taken record holds no key (`Codec.take`): the key reads it again.
+                    kept = record if isinstance(record, (bytes, memoryview)) else None
+                    key = self._key_of(raw_key, kept)  # type: ignore[arg-type]
                 if check is not None and not check(key):
                     continue
                 yield key, decode(record, key)

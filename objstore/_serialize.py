@@ -47,6 +47,7 @@ from ._records import (
     KIND_PICKLE,
     KIND_SECTIONS,
     SECTION_COMPRESSION,
+    SECTION_KEY,
     SECTION_REFS,
     TRAILER_SIZE,
     Record,
@@ -73,6 +74,8 @@ __all__ = [
     "loads",
 ]
 
+# The sections of a record `Codec.take` takes apart (a long key's record stays whole: its key is read there).
+_TAKEN_SECTIONS = _KNOWN_SECTIONS - {SECTION_KEY}
 LARGE = 1 << 16  # values at least this big (by sys.getsizeof) are pickled into a buffer
 # A compressed record's extra bytes: codec id, section length and tag, section count.
 _COMPRESSION_OVERHEAD = 1 + _SECTION_END + 1
@@ -431,6 +434,13 @@ class Codec:
         see `decoder`); without one, such a record fails to load as pickle's
         loads does (no ``persistent_load``).
         """
+        taken: Any = record
+        if type(taken) is _buffers.Taken:  # taken out of the storage by `take`: checked already
+            try:
+                return self._load_buffers(taken.stream, taken.buffers)
+            except Exception as exc:
+                add_key_note(exc, key)
+                raise
         layout = _buffers.locate(record, crc32, CRC_RESIDUE)
         if layout is not None:
             return self._decode_buffers(record, key, layout, False)
@@ -470,6 +480,16 @@ class Codec:
         if not intact:
             raise _damaged(record, key)
         return value
+
+    def take(self, record: Any) -> Any:
+        """`record`, a view into the storage valid only during the call, copied out for `decode`.
+
+        A record with out-of-band buffers (and no key section) is taken as
+        its checked buffers, each copied once, and its pickle stream, which
+        `decode` loads later; any other record is copied whole. Runs no code
+        of the data, so the view is never read while such code runs.
+        """
+        return _buffers.take(record, crc32, CRC_RESIDUE, _TAKEN_SECTIONS)
 
     def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
         """`decoder(mapping)` for a zero-copy snapshot: out-of-band buffers come back as read-only views.

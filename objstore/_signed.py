@@ -74,6 +74,10 @@ class SignedCodec(Codec):
             self._signed_load, self.signer, self._decode_checked, self._unpicklers, self._stock, bound
         )
 
+    def take(self, record: Any) -> Any:
+        """`record` copied whole: a signed record is loaded only after its MAC is checked."""
+        return bytes(record)
+
     def view_decoder(self, mapping: Any) -> Callable[[Any, str], Any]:
         """`decoder(mapping)`: a signed store's values are never views, as every byte is checked."""
         return self.decoder(mapping)

@@ -269,7 +269,8 @@ class _Writer(_Reader, MutableMapping[str, Any]):
         written: list[bytes | None] = []
         try:
             self._check_writable()
-            with self._source.write() as txn:
+            # The codec's `take`: reads inside copy a large value's buffers once.
+            with self._source.write(self._codec.take) as txn:
                 mapping = Transaction(txn, self._codec)
                 try:
                     yield mapping

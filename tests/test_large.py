@@ -309,3 +309,187 @@ def test_a_forked_child_drops_an_inherited_view_without_harm(path: Path) -> None
         del kept, child
         gc.collect()
         assert (db["a"] == array(16)).all()
+
+
+# ------------------------------------- snapshots, transactions, iteration
+
+
+def reads(db: objstore.Shelf) -> dict[str, Any]:
+    """Every way to read the large value "a" beside "b": by key and by iteration, in each mapping."""
+    found: dict[str, Any] = {}
+    with db.snapshot() as snap:
+        found["snapshot"] = snap["a"]
+        found["snapshot.get"] = snap.get("a")
+        found["snapshot.items"] = dict(snap.items())["a"]
+        found["snapshot.values"] = list(snap.values())[0]
+        found["snapshot.iteritems"] = dict(snap.iteritems(reverse=True))["a"]
+        found["snapshot.itervalues"] = next(snap.itervalues(prefix="a"))
+    with db.transaction() as txn:
+        found["transaction"] = txn["a"]
+        found["transaction.items"] = dict(txn.items())["a"]
+        found["transaction.itervalues"] = next(txn.itervalues(start="a", stop="b"))
+    found["items"] = dict(db.items())["a"]
+    found["values"] = list(db.values())[0]
+    found["iteritems"] = dict(db.iteritems(reverse=True))["a"]
+    found["itervalues"] = next(db.itervalues(prefix="a"))
+    return found
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first-read", "after-a-read"])
+def test_every_read_is_an_independent_writeable_copy(path: Path, warm: bool) -> None:
+    with objstore.open(path) as db:
+        db["a"] = array(14)
+        db["b"] = {"small": 1}
+        db["k" * 600] = array(15)  # a long key: its record holds the key, and is copied whole
+        if warm:  # the shelf has met a large record: it reads in place from now on
+            assert (db["a"] == array(14)).all()
+        found = reads(db)
+        for way, value in found.items():
+            assert (value == array(14)).all() and value.flags.writeable, way
+            value[0] = -1.0
+        assert all(not np.shares_memory(x, y) for x in found.values() for y in found.values() if x is not y)
+        assert (db["a"] == array(14)).all()
+        with db.snapshot() as snap:
+            assert (snap["a"] == array(14)).all() and snap["b"] == {"small": 1}
+            assert (dict(snap.items())["k" * 600] == array(15)).all()
+        assert db.verify() == []
+
+
+def peak_ratio(read: Any, size: int) -> float:
+    """The peak of memory traced while `read()` runs, as a multiple of `size`; the value is checked."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        value = read()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert value.nbytes == size and value[0] == 0.5 and value[-1] == size // 8 - 0.5
+    return peak / size
+
+
+def test_large_reads_copy_once(path: Path) -> None:
+    size = 64 * MIB
+    with objstore.open(path) as db:
+        db["a"] = array(1, n=size // 8)
+        db["b"] = 1
+        db["a"]  # the shelf reads in place from its first large record on
+
+        def in_snapshot() -> Any:
+            with db.snapshot() as snap:
+                return snap["a"]
+
+        def iterated_in_snapshot() -> Any:
+            with db.snapshot() as snap:
+                return next(iter(snap.values()))
+
+        def iterated() -> Any:
+            return dict(db.items())["a"]
+
+        def in_transaction() -> Any:
+            with db.transaction() as txn:
+                return txn["a"]
+
+        def iterated_in_transaction() -> Any:
+            with db.transaction() as txn:
+                return next(iter(txn.values()))
+
+        # NumPy and Python report their allocations to tracemalloc: one copy
+        # is 1x the array, a copy of the record first would make it 2x.
+        for read in (in_snapshot, iterated_in_snapshot, iterated, in_transaction, iterated_in_transaction):
+            assert peak_ratio(read, size) < 1.5, read.__name__
+
+
+def test_reads_in_snapshots_and_iteration_while_another_thread_grows_the_map(path: Path) -> None:
+    import threading
+    import time
+
+    errors: list[BaseException] = []
+    done = threading.Event()
+    rounds = [0]
+    with objstore.open(path, map_size=TINY_MAP, timeout=0.2) as db:
+        db["a"] = array(8)
+        assert (db["a"] == array(8)).all()  # reads in place from now on
+        before = db.info()["map_size"]
+
+        def read() -> None:
+            try:
+                while not done.is_set():
+                    try:
+                        with db.snapshot() as snap:
+                            assert (snap["a"] == array(8)).all()
+                            for key, value in snap.items():
+                                assert (
+                                    value == (array(8) if key == "a" else array(int(key[1:]), n=MIB // 64))
+                                ).all()
+                    except objstore.TransactionError:
+                        pass  # the snapshot ended as the map grew: a new one is opened
+                    for key, value in db.items():
+                        assert (value == (array(8) if key == "a" else array(int(key[1:]), n=MIB // 64))).all()
+                    rounds[0] += 1
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 30
+            i = 0
+            while db.info()["map_size"] < before * 16 and time.monotonic() < deadline:
+                db[f"w{i}"] = array(i, n=MIB // 64)
+                i += 1
+        finally:
+            done.set()
+            reader.join(30)
+        assert not reader.is_alive() and errors == []
+        assert db.info()["map_size"] >= before * 16 and rounds[0] > 0
+
+
+class Rewriter:
+    """Holds an array; unpickling it overwrites and deletes keys of `Rewriter.shelf` (in its transaction)."""
+
+    shelf: Any = None
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for i in range(8):  # frees and reuses the pages of records written in this transaction
+            Rewriter.shelf["r"] = array(20 + i)
+            Rewriter.shelf[f"x{i}"] = array(30 + i, n=MIB // 16)
+            del Rewriter.shelf[f"x{i}"]
+
+
+def test_unpickling_may_write_in_the_transaction_it_reads_in(shelf: objstore.Shelf) -> None:
+    shelf["warm"] = array()
+    assert (shelf["warm"] == array()).all()  # reads in place from now on
+    try:
+        with shelf.transaction() as txn:
+            Rewriter.shelf = txn
+            txn["r"] = Rewriter(array(17))  # in pages this transaction wrote
+            got = txn["r"]
+            assert (got.data == array(17)).all() and (txn["r"] == array(27)).all()
+            txn["r"] = Rewriter(array(18))
+            got = dict(txn.items())["r"]
+            assert (got.data == array(18)).all() and (txn["r"] == array(27)).all()
+        assert (shelf["r"] == array(27)).all()
+    finally:
+        Rewriter.shelf = None
+
+
+def test_a_snapshot_read_in_place_sees_one_version(shelf: objstore.Shelf) -> None:
+    shelf["a"] = array(19)
+    assert (shelf["a"] == array(19)).all()  # snapshots are read in place from now on
+    shelf.update({f"s{i:04d}": i for i in range(3000)})  # long batches: read by copy
+    with shelf.snapshot() as snap:
+        shelf["a"] = array(20)
+        shelf.update({f"s{i:04d}": -i for i in range(3000)})
+        shelf["t"] = 1
+        assert (snap["a"] == array(19)).all() and snap["s0005"] == 5 and "t" not in snap
+        seen = dict(snap.items())
+        assert (seen.pop("a") == array(19)).all()
+        assert seen == {f"s{i:04d}": i for i in range(3000)}
+    assert (shelf["a"] == array(20)).all() and shelf["s0005"] == -5

@@ -11,6 +11,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
@@ -121,12 +122,15 @@ def _batch(
     values: bool,
     after: bytes | None,
     limit: int,
+    views: bool = False,
 ) -> list[Any]:
     """The next `limit` keys (or (key, record) pairs) of [lo, hi), after `after`, in order.
 
     Built by LMDB's cursor iterator, ``islice`` and ``bisect``, all in C: a
     batch costs about as much as the bare cursor walk. One item more than
     `limit` is read, so that leaving the metadata record out still fills it.
+    `views`: `txn` gives views (``buffers=True``), and its keys are copied
+    into bytes (its records stay views), in C too.
     """
     cursor = txn.cursor(db)
     if not reverse:
@@ -138,6 +142,8 @@ def _batch(
             return []
         walk = cursor.iternext(values=True) if values else cursor.iternext(values=False)
         batch: list[Any] = list(islice(walk, limit + 1))
+        if views:
+            batch = _keys_copied(batch, values)
         _drop_meta(batch, values)
         if hi is not None and batch:
             # Keys sort before (key, record) pairs starting with them: bisect by (hi,).
@@ -151,6 +157,8 @@ def _batch(
         return []
     walk = cursor.iterprev(values=True) if values else cursor.iterprev(values=False)
     batch = list(islice(walk, limit + 1))
+    if views:
+        batch = _keys_copied(batch, values)
     batch.reverse()  # ascending, to bisect
     _drop_meta(batch, values)
     if lo is not None and batch:
@@ -158,6 +166,13 @@ def _batch(
     del batch[: max(0, len(batch) - limit)]
     batch.reverse()
     return batch
+
+
+def _keys_copied(batch: list[Any], values: bool) -> list[Any]:
+    """`batch` (views) with its keys copied into bytes, its records left views."""
+    if not values:
+        return list(map(bytes, batch))
+    return list(zip(map(bytes, map(itemgetter(0), batch)), map(itemgetter(1), batch), strict=True))
 
 
 def _drop_meta(batch: list[Any], values: bool) -> None:

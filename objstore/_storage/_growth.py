@@ -51,6 +51,11 @@ def affordable_map_size(size: int) -> int:
     return max(1 << 20, min(size, limit // 8))
 
 
+# The frames that read views into the map, while their local `record` is a view:
+# `Store.load`, `ReadTxn.load` and `_transactions._load_batch`. A resize waits for them.
+_VIEWING_FRAMES = frozenset({"load", "_load_batch"})
+
+
 class MapGrowth:
     """The growth side of an environment: room checks, growing, adopting, long-lived transactions."""
 
@@ -139,7 +144,7 @@ class MapGrowth:
         return txn.thread != me and txn.thread not in self._waiting and not txn._done
 
     def _threads_viewing(self, me: int) -> bool:
-        """Whether another thread is inside ``Store.load``, using a view into the map.
+        """Whether another thread is in a `_VIEWING_FRAMES` frame (``Store.load``...) using a view of the map.
 
         This thread being inside it (unpickling a value runs code that writes)
         raises `StoreError`: the remap would pull the record from under the unpickler.
@@ -153,7 +158,7 @@ class MapGrowth:
                 while f is not None:
                     # Only once it holds its view: before, it may be adopting a size itself.
                     if (
-                        f.f_code.co_name == "load"
+                        f.f_code.co_name in _VIEWING_FRAMES
                         and f.f_locals.get("env") is self
                         and isinstance(f.f_locals.get("record"), memoryview)
                     ):
@@ -225,6 +230,26 @@ class MapGrowth:
             self._resizing = False
             with self._guard:
                 self._guard.notify_all()
+
+    def wait_out_resize(self) -> None:
+        """Wait for the resize under way to end, not holding it up: this thread's transactions give way.
+
+        For a read in place, which must not begin during a resize. Waits at
+        most the store's timeout (10 s without one), then raises `StoreError`:
+        a read inside code that unpickles a value read in place would wait for
+        a resize that waits for the outer read.
+        """
+        timeout = self.options.timeout
+        deadline = time.monotonic() + (10.0 if timeout is None else timeout)
+        with self._guard, self._waiting_for_resize():
+            while self._resizing and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreError(
+                        f"cannot read the store {self.path!r} while it grows: the growth waits for a read "
+                        "made in this thread (code run by unpickling read the store); read after it"
+                    )
+                self._guard.wait(min(left, 0.05))
 
     def register(self, txn: ReadTxn) -> None:
         """Count `txn` as long-lived (a resize waits for it); wait while a resize is under way."""

@@ -40,8 +40,15 @@ class Source(Protocol):
         values: bool,
         after: bytes | None,
         limit: int = ...,
+        take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
-        """Up to `limit` keys (or (key, record) pairs) of [lo, hi) after `after`, in byte order."""
+        """Up to `limit` keys (or (key, record) pairs) of [lo, hi) after `after`, in byte order.
+
+        With `take`, a backend may hand a large record to it instead of
+        copying it: as a view valid only during the call, read inside the
+        transaction; the pair then holds what `take` returns. `take` must not
+        keep the view nor run code that uses the storage.
+        """
         ...
 
 
@@ -68,8 +75,13 @@ class Writable(Source, Protocol):
         """Remove every key (the metadata stays)."""
         ...
 
-    def write(self) -> AbstractContextManager[WriteTransaction]:
-        """A write transaction (joined, as a savepoint, if this thread already holds one)."""
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTransaction]:
+        """A write transaction (joined, as a savepoint, if this thread already holds one).
+
+        With `take`, its reads (``load``, ``get``) may hand a large record to it
+        instead of copying it, as `Source.batch` does; savepoints keep their
+        transaction's.
+        """
         ...
 
 

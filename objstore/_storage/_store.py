@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -16,7 +16,7 @@ from .._errors import ReadOnlyError
 from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._environment import REGISTRY
 from ._errors import BackendError, translate
-from ._transactions import ReadTxn, WriteTxn, _transaction
+from ._transactions import LARGE_BATCH, InPlaceReadTxn, ReadTxn, WriteTxn, _load_batch, _transaction
 
 if TYPE_CHECKING:
     from ._common import Txn
@@ -185,12 +185,35 @@ class Store:
         values: bool,
         after: bytes | None,
         limit: int = BATCH_ITEMS,
+        take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
         joined = self._joined()
         if joined is not None:
-            return joined.batch(lo, hi, reverse, values, after, limit)
+            return joined.batch(lo, hi, reverse, values, after, limit, take)
         env = self._environment
-        return self._read(lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate")
+        if take is not None and self._in_place and limit <= LARGE_BATCH:
+            # Read in place, as `load`: each large record handed to `take` as a view (one copy).
+            try:
+                txn: Any = env.lmdb_env.begin(None, None, False, True)  # type: ignore[union-attr]
+                found = _load_batch(
+                    env,
+                    lambda: _batch(txn, env.data, lo, hi, reverse, values, after, limit, True),
+                    values,
+                    take,
+                )
+            except Exception as exc:
+                env.recover(exc, 0, "iterate")
+                found = None
+            if found is not None:
+                return found
+        batch = self._read(
+            lambda txn: _batch(txn, env.data, lo, hi, reverse, values, after, limit), "iterate"
+        )
+        # Batches of large records are short: from the first one met, read in place, as `load` does.
+        if take is not None and limit < BATCH_ITEMS and batch:
+            if max(map(len, map(itemgetter(1), batch))) >= IN_PLACE_SIZE:
+                self._in_place = True
+        return batch
 
     def delete(self, key: bytes) -> bool:
         joined = self._joined_writer("delete a key")
@@ -218,19 +241,26 @@ class Store:
     def read(self, zero_copy: bool = False) -> ReadTxn:
         """Begin a snapshot (`zero_copy`: see `ReadTxn`); the caller must `end()` it."""
         self._environment.ensure_open("open a snapshot")
-        txn = ReadTxn(self._environment, zero_copy)
+        # In place once this handle has met a large record, as `load`.
+        txn = (InPlaceReadTxn if self._in_place and not zero_copy else ReadTxn)(self._environment, zero_copy)
         txn._begin()
         return txn
 
-    def _write_txn(self, blind: bool, action: str) -> AbstractContextManager[WriteTxn]:
+    def _write_txn(
+        self, blind: bool, action: str, take: Callable[[Any], Any] | None = None
+    ) -> AbstractContextManager[WriteTxn]:
         if self.readonly:
             raise _read_only(self.path, action)
         self._environment.ensure_open(action)
-        return _transaction(self._environment, self._joined(), blind)
+        return _transaction(self._environment, self._joined(), blind, take, self._in_place)
 
-    def write(self) -> AbstractContextManager[WriteTxn]:
-        """Context manager: a write transaction (a savepoint if this thread already holds one)."""
-        return self._write_txn(blind=False, action="begin a transaction")
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a write transaction (a savepoint if this thread already holds one).
+
+        With `take` (and once this handle reads in place), its reads hand each
+        large record to `take` as a view, to copy it out, as `batch` does.
+        """
+        return self._write_txn(blind=False, action="begin a transaction", take=take)
 
     # -- lifecycle
 

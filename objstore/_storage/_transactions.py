@@ -10,6 +10,7 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -17,12 +18,13 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import lmdb
 
 from .._errors import ConflictError, TransactionError
-from ._common import _ATTEMPTS, BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
+from ._common import _ATTEMPTS, BATCH_BYTES, BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._errors import (
     CLOSED_UNDER_TXN,
     STORE_CLOSED_MEANWHILE,
@@ -47,11 +49,13 @@ class Host(Protocol):
     lmdb_env: lmdb.Environment | None
     data: Any
     writers: dict[int, WriteTxn]
+    _resizing: bool
 
     def register(self, txn: ReadTxn) -> None: ...
     def unregister(self, txn: ReadTxn) -> None: ...
     def recover(self, exc: BaseException, attempt: int, action: str) -> None: ...
     def wait_for_fork(self) -> None: ...
+    def wait_out_resize(self) -> None: ...
     def needs_room(self) -> bool: ...
     def grow(self) -> None: ...
     def empty(self, txn: Txn) -> None: ...
@@ -62,6 +66,11 @@ class ReadTxn:
     """A read transaction held open by the caller: one consistent snapshot of the store."""
 
     readonly = True
+    # A transaction on the same snapshot that copies records (`InPlaceReadTxn`).
+    _copying: Txn | None = None
+    # Whether records are read in place: views into the map, read only inside
+    # `load` and `_load_batch` (`InPlaceReadTxn`, `InPlaceWriteTxn`).
+    in_place = False
 
     def __init__(self, environment: Host, zero_copy: bool = False) -> None:
         self._environment = environment
@@ -84,7 +93,8 @@ class ReadTxn:
         for attempt in range(_ATTEMPTS + 1):
             env.register(self)
             try:
-                self._txn = env.lmdb_env.begin(buffers=self.zero_copy)  # type: ignore[union-attr, call-overload]
+                buffers = self.zero_copy or self.in_place
+                self._txn = env.lmdb_env.begin(buffers=buffers)  # type: ignore[union-attr, call-overload]
                 self._db = env.data
                 return
             except Exception as exc:
@@ -179,7 +189,29 @@ class ReadTxn:
         values: bool,
         after: bytes | None,
         limit: int = BATCH_ITEMS,
+        take: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
+        copying = self._copying
+        if copying is not None and (take is None or limit > LARGE_BATCH):
+            # Small records: a view costs more than a copy, so they are read by copy.
+            return self._call(
+                lambda txn: _batch(copying, self._db, lo, hi, reverse, values, after, limit), "iterate"
+            )
+        if self.in_place:
+            env = self._environment
+            while True:
+                found = self._call(
+                    lambda txn: _load_batch(
+                        env if self.readonly else None,
+                        lambda: _batch(txn, self._db, lo, hi, reverse, values, after, limit, True),
+                        values,
+                        take,
+                    ),
+                    "iterate",
+                )
+                if found is not None:
+                    return found
+                env.wait_out_resize()
         if not self.zero_copy:
             return self._call(
                 lambda txn: _batch(txn, self._db, lo, hi, reverse, values, after, limit), "iterate"
@@ -189,6 +221,66 @@ class ReadTxn:
             lambda txn: _batch(keys_as_bytes(txn), self._db, lo, hi, reverse, values, after, limit), "iterate"
         )
         return [(key, self._pinned(record)) for key, record in batch] if values else batch
+
+
+class InPlaceReadTxn(ReadTxn):
+    """A snapshot that reads records in place: a large value is copied once, not twice.
+
+    A view costs more than a copy for a small record, so a store begins
+    these only once it has met a large record (see `Store.load`), and its
+    batches of small records are read by copy, from a second transaction on
+    the same snapshot (same id), when it could begin one.
+    """
+
+    in_place = True
+
+    def _begin(self) -> None:
+        super()._begin()
+        txn = self._txn
+        try:
+            copying = self._environment.lmdb_env.begin()  # type: ignore[union-attr]
+        except Exception:  # growth, a resize: batches are read in place instead
+            return
+        if txn is not None and copying.id() == txn.id():
+            self._copying = copying
+
+    def forget(self) -> None:
+        self._copying = None
+        super().forget()
+
+    def end(self) -> None:
+        self._copying = None
+        super().end()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.load(key, _copied, "", None)
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)``, as `Storage.load`: `record` is a view valid during the call.
+
+        The snapshot's pages cannot change under the view (a read transaction
+        keeps them), and map growth in this process waits for this frame while
+        `record` is a view (`MapGrowth._threads_viewing`): it is bound to one
+        before a resize under way is looked for.
+        """
+        env = self._environment
+        record: Any
+        while True:
+            record = _VIEWING
+            if not env._resizing:
+                break
+            del record  # not viewing: the resize may pass this thread
+            env.wait_out_resize()
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        try:
+            return use(record, name)
+        except BaseException:
+            # The traceback keeps this frame: make its view unusable, not a pointer into a map that may move.
+            with contextlib.suppress(BufferError):
+                record.release()
+            raise
 
 
 class _KeysAsBytes:
@@ -218,6 +310,48 @@ class _KeysAsBytes:
 
 
 PIN_MIN = 1 << 16  # records at least this big are handed out as views in a zero-copy snapshot
+TAKE_MIN = 1 << 16  # records at least this big are handed to a batch's `take` when read in place
+# Batches of at most this many records are read in place (with `take`); the
+# shelf asks for so few only when its records average `TAKE_MIN` or more
+# (BATCH_BYTES / TAKE_MIN), or for the first batch of an iteration.
+LARGE_BATCH = BATCH_BYTES // TAKE_MIN
+# Bound to `record` in a `load` or `_load_batch` frame while it may read views
+# into the map: map growth in this process waits for such frames
+# (`MapGrowth._threads_viewing`), so it is bound before a resize is looked for.
+_VIEWING = memoryview(b"")
+_second = itemgetter(1)
+
+
+def _copied(record: Any, name: str) -> bytes:
+    return bytes(record)
+
+
+def _load_batch(
+    env: Host | None, walk: Callable[[], list[Any]], values: bool, take: Callable[[Any], Any] | None
+) -> list[Any] | None:
+    """``walk()``, a batch read in place, with every view copied; None if a resize is under way.
+
+    Records of `TAKE_MIN` bytes or more are handed to `take` (when given)
+    instead of being copied: it copies a large value's buffers once. Named
+    and laid out for `MapGrowth._threads_viewing`: `record` is a view from
+    before the first one is read until the last copy is made. With None,
+    nothing was read: the caller waits the resize out (or reads by copy).
+    `env` None: a write transaction's batch, which no resize can pass (LMDB
+    refuses to remap while a write transaction is open).
+    """
+    record = _VIEWING
+    if env is not None and env._resizing:
+        return None
+    batch = walk()  # keys come as bytes (`_batch` with views)
+    if not values:
+        return batch
+    views = list(map(_second, batch))
+    if take is None or not views or max(map(len, views)) < TAKE_MIN:
+        records = list(map(bytes, views))
+    else:
+        records = [bytes(view) if len(view) < TAKE_MIN else take(view) for view in views]
+    del views, record
+    return list(zip(map(itemgetter(0), batch), records, strict=True))
 
 
 class _Pin:
@@ -300,10 +434,19 @@ class WriteTxn(ReadTxn):
 
     readonly = False
 
-    def __init__(self, environment: Host, parent: WriteTxn | None, blind: bool) -> None:
+    def __init__(
+        self,
+        environment: Host,
+        parent: WriteTxn | None,
+        blind: bool,
+        take: Callable[[Any], Any] | None = None,
+    ) -> None:
         super().__init__(environment)
         self.parent = parent
         self.blind = blind
+        # What an `InPlaceWriteTxn` hands a large record to, as a view, to copy it
+        # out (a codec's `take`); savepoints keep their parent's.
+        self.take: Callable[[Any], Any] | None = take if parent is None else parent.take
         # Changes made at this level, in order, as (keys, records) runs; a record
         # None deletes its key, a key None empties the store.
         self._log: list[tuple[Sequence[bytes | None], Callable[[], Sequence[Value | None]]]] = []
@@ -325,7 +468,7 @@ class WriteTxn(ReadTxn):
             for attempt in range(_ATTEMPTS + 1):
                 env.register(self)
                 try:
-                    txn = env.lmdb_env.begin(write=True)  # type: ignore[union-attr]
+                    txn = env.lmdb_env.begin(write=True, buffers=self.in_place)  # type: ignore[union-attr, call-overload]
                 except Exception as exc:
                     env.unregister(self)
                     env.recover(exc, attempt, "begin a transaction")
@@ -347,7 +490,7 @@ class WriteTxn(ReadTxn):
             self._id = txn.id()
         else:
             try:
-                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn)  # type: ignore[union-attr]
+                self._txn = env.lmdb_env.begin(write=True, parent=self.parent._txn, buffers=self.in_place)  # type: ignore[union-attr, call-overload]
             except BackendError as exc:
                 raise self._error(exc, "begin a savepoint") from exc
         self._db = env.data
@@ -463,7 +606,7 @@ class WriteTxn(ReadTxn):
             )
         for level in stack:
             if level is not root:
-                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn)  # type: ignore[union-attr]
+                level._txn = env.lmdb_env.begin(write=True, parent=level.parent._txn, buffers=level.in_place)  # type: ignore[union-attr, call-overload]
             txn = level._txn
             assert txn is not None
             for keys, make_records in level._log:
@@ -505,6 +648,8 @@ class WriteTxn(ReadTxn):
 
     def put_new(self, key: bytes, value: Value) -> bytes | None:
         existing = self._write(lambda txn: _put_new(txn, self._db, key, value), "store a value")
+        if existing is not None and self.in_place:
+            existing = bytes(existing)  # a view: copied before anything can write
         if existing is None:
             self._log.append(((key,), lambda: (value,)))
         return existing
@@ -535,17 +680,58 @@ class WriteTxn(ReadTxn):
         self._write(self._environment.empty, "empty the store")
         self._log.append(((None,), lambda: (None,)))
 
-    def write(self) -> AbstractContextManager[WriteTxn]:
-        """Context manager: a savepoint inside this transaction."""
+    def write(self, take: Callable[[Any], Any] | None = None) -> AbstractContextManager[WriteTxn]:
+        """Context manager: a savepoint inside this transaction (which reads as it does: `take` unused)."""
         self._check_thread()
         self._live()
         return _transaction(self._environment, self, blind=False)
 
 
+class InPlaceWriteTxn(WriteTxn):
+    """A write transaction that reads records in place, for a store that has met a large record.
+
+    Its views show its own pages, which its writes change or free: each is
+    copied (a large record by `take`, one copy of its buffers) before any
+    code of the data runs. No other thread can remap the map meanwhile:
+    LMDB refuses while a write transaction is open.
+    """
+
+    in_place = True
+
+    def get(self, key: bytes) -> bytes | None:
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        # Copied at once: nothing can run in between that writes, and while this
+        # transaction is open no other thread can remap the map (LMDB refuses).
+        return None if record is None else bytes(record)
+
+    def load(self, key: bytes, use: Callable[[Any, str], T], name: str, absent: T) -> T:
+        """``use(record, name)``, as `Storage.load`; a large record is first copied out by `take`.
+
+        `use` runs after the view is gone: it may write in this transaction.
+        """
+        record = self._call(lambda txn: txn.get(key, db=self._db), "read")
+        if record is None:
+            return absent
+        take = self.take
+        copied = bytes(record) if len(record) < TAKE_MIN or take is None else take(record)
+        del record
+        return use(copied, name)
+
+
 @contextmanager
-def _transaction(environment: Host, parent: WriteTxn | None, blind: bool) -> Iterator[WriteTxn]:
-    """Commit on normal exit, roll back (and re-raise) on an exception."""
-    txn = WriteTxn(environment, parent, blind)
+def _transaction(
+    environment: Host,
+    parent: WriteTxn | None,
+    blind: bool,
+    take: Callable[[Any], Any] | None = None,
+    in_place: bool = False,
+) -> Iterator[WriteTxn]:
+    """Commit on normal exit, roll back (and re-raise) on an exception.
+
+    `in_place` with `take`: an `InPlaceWriteTxn` (savepoints read as their parent does).
+    """
+    in_place = parent.in_place if parent is not None else in_place and take is not None
+    txn = (InPlaceWriteTxn if in_place else WriteTxn)(environment, parent, blind, take)
     try:
         txn._begin()
         yield txn
