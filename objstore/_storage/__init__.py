@@ -56,6 +56,8 @@ checks it):
 - ``_growth``: map growth and the long-lived transactions a resize waits
   for, a part of the environment;
 - ``_transactions``: snapshots and write transactions with replay;
+- ``_views``: views into the map: batches read in place, the pinned views of
+  zero-copy snapshots;
 - ``_errors``: the seam for backend errors: translation into objstore's
   exceptions, what to do about each, every look at message text, the
   closed-state messages;

@@ -52,7 +52,7 @@ def affordable_map_size(size: int) -> int:
 
 
 # The frames that read views into the map, while their local `record` is a view:
-# `Store.load`, `ReadTxn.load` and `_transactions._load_batch`. A resize waits for them.
+# `Store.load`, `ReadTxn.load` and `_views._load_batch`. A resize waits for them.
 _VIEWING_FRAMES = frozenset({"load", "_load_batch"})
 
 

@@ -16,7 +16,8 @@ from .._errors import ReadOnlyError
 from ._common import BATCH_ITEMS, Chunk, T, Value, _batch, _contains, _count, _put_new
 from ._environment import REGISTRY
 from ._errors import BackendError, translate
-from ._transactions import LARGE_BATCH, InPlaceReadTxn, ReadTxn, WriteTxn, _load_batch, _transaction
+from ._transactions import InPlaceReadTxn, ReadTxn, WriteTxn, _transaction
+from ._views import LARGE_BATCH, _load_batch
 
 if TYPE_CHECKING:
     from ._common import Txn
